@@ -1,0 +1,309 @@
+"""The `elipc` command line: el-ipc's commands on the local database, JSON on stdout.
+
+Start-up time is the product here (agents call this on every step), so the local path imports
+neither Twisted nor (unless a key is involved) cryptography. Errors are one line on stderr and
+exit status 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+
+from elipc import __version__, store
+from elipc.config import Settings, prepare_db_location
+from elipc.model import ElipcError, Message, check_content, check_identity, check_name
+
+# How often `read --wait` looks for another process's commit (a cheap PRAGMA data_version).
+COMMIT_POLL_S = 0.01
+MAX_CLI_WAIT_S = 24 * 3600.0
+
+
+class CommandError(ElipcError):
+    """A command cannot do what was asked; the message says why."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), not a usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; return the process exit status."""
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    try:
+        return COMMANDS[args.command][0](args) or 0
+    except ElipcError as e:
+        return _fail(str(e))
+    except BrokenPipeError:
+        # The reader went away; stop quietly (and stop Python complaining at exit).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(message: str) -> int:
+    print(f"elipc: {message}", file=sys.stderr)
+    return 1
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(db_path=args.db)
+
+
+def _open(settings: Settings) -> sqlite3.Connection:
+    notice = prepare_db_location(settings)
+    if notice:
+        print(notice, file=sys.stderr)
+    try:
+        return store.open_database(settings.db_path)
+    except store.StorageError as e:
+        raise CommandError(f"{settings.db_path}: {e}") from None
+
+
+def _print_json(value: object, indent: int | None = None) -> None:
+    sys.stdout.write(json.dumps(value, indent=indent) + "\n")
+    sys.stdout.flush()
+
+
+# -- messages ------------------------------------------------------------------------------
+
+
+def cmd_send(args: argparse.Namespace) -> None:
+    """Store a message; in secure mode it must be signed with the sender's registered key."""
+    settings = _settings(args)
+    channel = check_name(args.channel, "channel")
+    sender = check_name(args.sender, "sender")
+    content = check_content(" ".join(args.words), settings.max_content_bytes)
+    conn = _open(settings)
+    signature = ""
+    if args.key:
+        signature = _signed_send(conn, args.key, channel, sender, content)
+    elif store.is_secure(conn):
+        raise CommandError("secure mode is active: --key <private key file> is required")
+    message_id = store.insert_message(conn, channel, sender, content, signature, time.time())
+    _print_json({"ok": True, "id": message_id, "channel": channel, "signed": bool(signature)})
+
+
+def _signed_send(conn: sqlite3.Connection, key_file: str, channel: str, sender: str,
+                 content: str) -> str:
+    from elipc import identity
+
+    payload = identity.send_payload(channel, sender, content)
+    signature = identity.sign(identity.load_private_key(key_file), payload)
+    if store.is_secure(conn):
+        agent = store.get_agent(conn, sender)
+        if agent is None:
+            raise CommandError(f"unknown sender '{sender}': not registered")
+        if not identity.verify(agent.public_key, payload, signature):
+            raise CommandError(f"{key_file} is not the registered key of '{sender}'")
+    return signature
+
+
+def cmd_read(args: argparse.Namespace) -> None:
+    """Print unread messages and only then move the watermark; --wait blocks for a first one."""
+    channel = check_name(args.channel, "channel")
+    agent = check_name(args.agent, "agent")
+    conn = _open(_settings(args))
+    deadline = time.monotonic() + (args.timeout if args.wait else 0.0)
+    while True:
+        version = store.data_version(conn)
+        if store.read_unread(conn, channel, agent, deliver=_print_messages):
+            return
+        if not args.wait or not _await_commit(conn, version, deadline):
+            break
+    _print_json([])
+
+
+def _print_messages(messages: list[Message]) -> None:
+    # Runs inside the read transaction: if printing fails, the watermark does not move.
+    _print_json([m.as_json() for m in messages], indent=2)
+
+
+def _await_commit(conn: sqlite3.Connection, version: int, deadline: float) -> bool:
+    """Sleep until another process commits (True) or the deadline passes (False)."""
+    while time.monotonic() < deadline:
+        time.sleep(min(COMMIT_POLL_S, max(0.0, deadline - time.monotonic())))
+        if store.data_version(conn) != version:
+            return True
+    return False
+
+
+def cmd_channels(args: argparse.Namespace) -> None:
+    """List channels with their message counts, most recently active first."""
+    _print_json(store.list_channels(_open(_settings(args))), indent=2)
+
+
+# -- identities ----------------------------------------------------------------------------
+
+
+def cmd_seed(args: argparse.Namespace) -> None:
+    """Create an operator: store its public key, hand out its private key exactly once."""
+    from elipc import identity
+
+    name = check_name(args.name, "operator name")
+    conn = _open(_settings(args))
+    private, public = identity.generate_keypair()
+    if args.out:
+        deliver = _key_writer(args.out, private, public, args.force, name)
+    else:
+        def deliver() -> None:
+            sys.stdout.write(private)
+            sys.stdout.flush()
+    store.add_operator(conn, name, public, time.time(), before_commit=deliver)
+    print(f"elipc: operator '{name}' seeded; its public key is in the database. "
+          "Keep the private key safe: it cannot be recovered.", file=sys.stderr)
+
+
+def _key_writer(prefix: str, private: str, public: str, force: bool,
+                name: str) -> Callable[[], None]:
+    from elipc import identity
+
+    def write() -> None:
+        key_file, pub_file = identity.save_keypair(prefix, private, public, force)
+        _print_json({"ok": True, "operator": name, "key": key_file, "public_key": pub_file})
+    return write
+
+
+def cmd_keygen(args: argparse.Namespace) -> None:
+    """Make an Ed25519 keypair: files with --out (key 0600), else both PEMs on stdout."""
+    from elipc import identity
+
+    private, public = identity.generate_keypair()
+    if args.out:
+        key_file, pub_file = identity.save_keypair(args.out, private, public, args.force)
+        print(f"elipc: private key {key_file} (mode 0600), public key {pub_file}",
+              file=sys.stderr)
+        return
+    print("--- PRIVATE KEY ---", file=sys.stderr)
+    sys.stdout.write(private)
+    sys.stdout.flush()
+    print("--- PUBLIC KEY ---", file=sys.stderr)
+    sys.stdout.write(public)
+
+
+def cmd_register(args: argparse.Namespace) -> None:
+    """Register an agent's public key, signed locally with the operator's key file."""
+    from elipc import identity
+
+    name = check_name(args.name, "agent name")
+    operator = check_name(args.operator, "operator")
+    agent_identity = check_identity(args.identity)
+    public = identity.load_public_key_text(args.pubkey)
+    operator_key = identity.load_private_key(args.key)
+    conn = _open(_settings(args))
+    entry = store.get_agent(conn, operator)
+    if entry is None:
+        raise CommandError(f"operator '{operator}' not found")
+    if not entry.is_operator:
+        raise CommandError(f"'{operator}' is not an operator (role: {entry.role})")
+    payload = identity.register_payload(name, agent_identity, public)
+    if not identity.verify(entry.public_key, payload, identity.sign(operator_key, payload)):
+        raise CommandError(f"{args.key} is not the key of operator '{operator}'")
+    store.register_agent(conn, name, agent_identity, public, operator, time.time())
+    _print_json({"ok": True, "message": f"Agent '{name}' registered by operator '{operator}'"})
+
+
+def cmd_agents(args: argparse.Namespace) -> None:
+    """List operators and agents, one line each, as el-ipc does."""
+    agents = store.list_agents(_open(_settings(args)))
+    if not agents:
+        print("No agents registered (open mode — anyone can send)")
+    for a in agents:
+        ident = f" id={a.identity}" if a.identity else ""
+        by = f" (registered by {a.registered_by})" if a.registered_by else ""
+        print(f"  {'[' + a.role + ']':10s} {a.name}{ident}{by}")
+
+
+def cmd_agent_card(args: argparse.Namespace) -> None:
+    """Print the A2A agent card this database would be served with."""
+    from elipc.agentcard import build_card
+
+    settings = _settings(args)
+    operator = store.first_operator(_open(settings))
+    _print_json(build_card(settings, operator.public_key if operator else None), indent=2)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    """Run the HTTP server in the foreground (the same service as `twist elipc`)."""
+    from elipc.service import run
+
+    run(port=args.port, db_path=args.db)
+
+
+# -- argument parsing ----------------------------------------------------------------------
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= MAX_CLI_WAIT_S:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_CLI_WAIT_S:g} seconds")
+    return value
+
+
+def _define(sub: argparse.ArgumentParser, command: str) -> None:
+    add = sub.add_argument
+    if command == "send":
+        add("channel"), add("sender"), add("words", nargs="+", metavar="message")
+        add("--key", help="private key file to sign with (required in secure mode)")
+    elif command == "read":
+        add("channel"), add("agent")
+        add("--wait", action="store_true", help="block until a first message arrives")
+        add("--timeout", type=_timeout, default=30.0, help="seconds --wait waits (default 30)")
+    elif command in ("seed", "keygen"):
+        if command == "seed":
+            add("name")
+        add("--out", metavar="PREFIX", help="write PREFIX.key (0600) and PREFIX.pub")
+        add("--force", action="store_true", help="overwrite existing key files")
+    elif command == "register":
+        add("name")
+        add("--pubkey", required=True, help="the agent's public key file")
+        add("--as", dest="operator", required=True, help="the authorizing operator")
+        add("--key", required=True, help="the operator's private key file (read locally)")
+        add("--identity", default="", help="a secondary identifier (UUID, description)")
+    elif command == "serve":
+        add("port", nargs="?", help="port number or Twisted endpoint (default IPC_PORT)")
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int | None], str]] = {
+    "send": (cmd_send, "send <channel> <from> <msg...> [--key F]: send a message"),
+    "read": (cmd_read, "read <channel> <agent> [--wait [--timeout S]]: read unread messages"),
+    "channels": (cmd_channels, "channels: list channels"),
+    "seed": (cmd_seed, "seed <name> [--out P]: create an operator keypair"),
+    "keygen": (cmd_keygen, "keygen [--out P]: generate an Ed25519 keypair"),
+    "register": (cmd_register, "register <name> --pubkey F --as OP --key F: register an agent"),
+    "agents": (cmd_agents, "agents: list operators and agents"),
+    "agent-card": (cmd_agent_card, "agent-card: print the A2A agent card"),
+    "serve": (cmd_serve, "serve [port]: run the HTTP server"),
+}
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    top = _Parser(
+        prog="elipc", description="Inter-agent message queue.",
+        epilog="commands:\n  " + "\n  ".join(help for _, help in COMMANDS.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"elipc {__version__}")
+    top.add_argument("--db", help="database file (default IPC_DB_PATH, else per-user state)")
+    top.add_argument("command")
+    top.add_argument("args", nargs=argparse.REMAINDER)
+    first = top.parse_args(argv)
+    if first.command not in COMMANDS:
+        top.error(f"unknown command {first.command!r}; commands: {', '.join(COMMANDS)}")
+    sub = _Parser(prog=f"elipc {first.command}", description=COMMANDS[first.command][1])
+    _define(sub, first.command)
+    args = sub.parse_intermixed_args(first.args)
+    args.command, args.db = first.command, first.db
+    return args

@@ -1,0 +1,112 @@
+"""One Settings object built from the environment (IPC_*) and options; every default lives here.
+
+No Twisted import: the CLI's local path loads this module on every call.
+"""
+
+from __future__ import annotations
+
+import os
+
+from elipc.model import ElipcError
+
+LEGACY_DB_PATH = "/tmp/el-ipc.db"
+DEFAULT_PORT = 9876
+DEFAULT_MAX_CONTENT_BYTES = 1024 * 1024
+DEFAULT_WAIT_TIMEOUT = 30.0
+MAX_WAIT_TIMEOUT = 300.0
+DEFAULT_AGENT_NAME = "el-ipc agent"
+DEFAULT_AGENT_DESC = (
+    "Inter-agent message queue: named channels, per-agent read watermarks, "
+    "HTTP long-poll and Ed25519-signed messages."
+)
+
+
+class ConfigError(ElipcError, ValueError):
+    """A setting from the environment or the command line has an unusable value."""
+
+
+class Settings:
+    """Everything elipc can be told, already parsed; build it with `from_env`."""
+
+    __slots__ = (
+        "db_path", "db_path_is_default", "port", "listen", "api_key", "agent_name",
+        "agent_desc", "agent_url", "max_content_bytes", "wait_timeout", "linger",
+    )
+
+    def __init__(self, **values: object) -> None:
+        for name in self.__slots__:
+            setattr(self, name, values.pop(name))
+        if values:
+            raise TypeError(f"unknown settings: {sorted(values)}")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+        """Read IPC_* variables; keyword overrides (from options) win over the environment."""
+        env = os.environ if environ is None else environ
+        given = {k: v for k, v in overrides.items() if v is not None}
+        db_path = given.pop("db_path", None) or env.get("IPC_DB_PATH") or ""
+        port = _int(given.pop("port", None) or env.get("IPC_PORT") or DEFAULT_PORT, "IPC_PORT")
+        values = {
+            "db_path": db_path or default_db_path(env),
+            "db_path_is_default": not db_path,
+            "port": port,
+            "listen": f"tcp:{port}:interface=127.0.0.1",
+            "api_key": env.get("IPC_API_KEY", ""),
+            "agent_name": env.get("IPC_AGENT_NAME") or DEFAULT_AGENT_NAME,
+            "agent_desc": env.get("IPC_AGENT_DESC") or DEFAULT_AGENT_DESC,
+            "agent_url": env.get("IPC_AGENT_URL") or f"http://localhost:{port}",
+            "max_content_bytes": _int(
+                env.get("IPC_MAX_CONTENT_BYTES") or DEFAULT_MAX_CONTENT_BYTES,
+                "IPC_MAX_CONTENT_BYTES",
+            ),
+            "wait_timeout": DEFAULT_WAIT_TIMEOUT,
+            "linger": _seconds(env.get("IPC_LINGER") or 0, "IPC_LINGER"),
+        }
+        values.update(given)
+        return cls(**values)
+
+
+def default_db_path(environ: dict[str, str]) -> str:
+    """The per-user database: $XDG_STATE_HOME/elipc/ipc.db, else ~/.local/state/elipc/ipc.db."""
+    state = environ.get("XDG_STATE_HOME") or os.path.join(
+        environ.get("HOME") or os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(state, "elipc", "ipc.db")
+
+
+def prepare_db_location(settings: Settings) -> str | None:
+    """Create the default database folder (0700); return a notice if el-ipc's old file is found.
+
+    The notice is returned, not printed, so the CLI and the server each say it their own way.
+    """
+    if not settings.db_path_is_default or os.path.exists(settings.db_path):
+        return None
+    folder = os.path.dirname(settings.db_path)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    os.chmod(folder, 0o700)
+    if os.path.exists(LEGACY_DB_PATH):
+        return (
+            f"elipc: creating a new database at {settings.db_path}; el-ipc's database "
+            f"{LEGACY_DB_PATH} exists: set IPC_DB_PATH={LEGACY_DB_PATH} to keep using it"
+        )
+    return None
+
+
+def _int(value: object, name: str) -> int:
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
+    if number <= 0:
+        raise ConfigError(f"{name} must be positive, not {number}")
+    return number
+
+
+def _seconds(value: object, name: str) -> float:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number of seconds, not {value!r}") from None
+    if not 0 <= number <= MAX_WAIT_TIMEOUT:
+        raise ConfigError(f"{name} must be between 0 and {MAX_WAIT_TIMEOUT:g} seconds")
+    return number

@@ -1,0 +1,384 @@
+"""All of elipc's SQL: plain functions `f(db, ...)` over a sqlite3 connection or cursor.
+
+The CLI calls them on its own connection; the server calls the same functions through
+adbapi.ConnectionPool.runInteraction, whose transaction object forwards `execute`. Connections
+run in autocommit mode (isolation_level=None) and every write is one explicit
+`BEGIN IMMEDIATE ... COMMIT`, so nothing is half-written and writers queue on SQLite's lock.
+sqlite3 errors leave this module as StorageError. No Twisted import here.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from elipc import schema
+from elipc.model import Agent, ElipcError, Message
+
+F = TypeVar("F", bound=Callable[..., Any])
+Deliver = Callable[[list[Message]], None]
+
+BUSY_TIMEOUT_S = 10.0
+_MESSAGE_COLUMNS = "id, channel, sender, content, created_at, signature"
+_AGENT_COLUMNS = "name, identity, public_key, role, registered_by, created_at"
+
+
+class StorageError(ElipcError):
+    """The database could not do what was asked; the message says why, without SQL."""
+
+
+class SchemaTooNew(StorageError):
+    """The file was written by a newer elipc whose schema this one does not know."""
+
+
+class Conflict(StorageError):
+    """The write contradicts what is stored (a name taken, an operator not found)."""
+
+
+def _guarded(function: F) -> F:
+    @functools.wraps(function)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except sqlite3.Error as e:
+            raise StorageError(_describe(e)) from None
+    return guarded  # type: ignore[return-value]
+
+
+def _describe(error: sqlite3.Error) -> str:
+    text = str(error)
+    if "locked" in text or "busy" in text:
+        return f"database is busy (still locked after {BUSY_TIMEOUT_S:g} s): {text}"
+    if isinstance(error, sqlite3.DatabaseError) and "not a database" in text:
+        return "file is not an SQLite database (corrupt or another format)"
+    return f"database error: {text}"
+
+
+class _Write:
+    """`with _Write(db):` is one BEGIN IMMEDIATE transaction, rolled back on any error."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    def __enter__(self) -> Any:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, kind: object, error: object, tb: object) -> None:
+        if kind is None:
+            self.db.execute("COMMIT")
+            return
+        try:
+            self.db.execute("ROLLBACK")
+        except sqlite3.OperationalError:
+            pass  # SQLite already rolled back (e.g. disk full); nothing to undo.
+
+
+# -- opening and migrating ---------------------------------------------------------------
+
+
+def open_database(path: str, *, check_same_thread: bool = True) -> sqlite3.Connection:
+    """Open (creating 0600 if missing), configure and migrate the database at `path`."""
+    _create_private(path)
+    try:
+        conn = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+            check_same_thread=check_same_thread,
+        )
+    except sqlite3.Error as e:
+        raise StorageError(f"cannot open database {path}: {e}") from None
+    try:
+        configure(conn)
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _create_private(path: str) -> None:
+    # SQLite gives its -wal and -shm files the database file's mode, so 0600 here covers all.
+    if path == ":memory:" or os.path.exists(path):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise StorageError(f"cannot create database {path}: {e.strerror}") from None
+
+
+@_guarded
+def configure(conn: sqlite3.Connection) -> None:
+    """Set the per-connection pragmas: busy wait, WAL, and fsync on every commit."""
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    _enable_wal(conn)
+    # FULL: a commit that returned is on disk, so an acknowledged send survives power loss.
+    conn.execute("PRAGMA synchronous = FULL")
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    # Several processes opening a new file at once race to switch it to WAL; the loser is
+    # told "locked" without a busy wait, so retry until the switch is visible.
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] == "memory":
+            return
+
+
+@_guarded
+def schema_version(db: Any) -> int:
+    """The file's PRAGMA user_version (0 for el-ipc's files and brand-new ones)."""
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+@_guarded
+def migrate(db: Any) -> int:
+    """Bring the file to schema.CURRENT_VERSION in one transaction; return the version found."""
+    if schema_version(db) == schema.CURRENT_VERSION:
+        return schema.CURRENT_VERSION
+    with _Write(db):
+        # Re-read under the lock: another process may have migrated while we waited.
+        found = schema_version(db)
+        if found > schema.CURRENT_VERSION:
+            raise SchemaTooNew(
+                f"the database was written by a newer elipc (schema version {found}; "
+                f"this elipc knows up to {schema.CURRENT_VERSION})"
+            )
+        if found == 0:
+            _create_base(db)
+        for version in range(found + 1, schema.CURRENT_VERSION + 1):
+            for statement in schema.UPGRADES[version]:
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {schema.CURRENT_VERSION}")
+    return found
+
+
+def _create_base(db: Any) -> None:
+    for statement in schema.BASE_TABLES:
+        db.execute(statement)
+    for table, column, statement in schema.LEGACY_COLUMNS:
+        if column not in table_columns(db, table):
+            db.execute(statement)
+
+
+@_guarded
+def table_columns(db: Any, table: str) -> list[str]:
+    """The column names of `table`, in order (used by migrations and their tests)."""
+    return [row[1] for row in db.execute(f"PRAGMA table_info({table})").fetchall()]
+
+
+@_guarded
+def describe_schema(db: Any) -> dict[str, object]:
+    """Tables with their columns and indexes with their columns: what "same schema" means."""
+    shape: dict[str, object] = {"user_version": schema_version(db)}
+    rows = db.execute(
+        "SELECT type, name, tbl_name FROM sqlite_master "
+        "WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name"
+    ).fetchall()
+    for kind, name, table in rows:
+        info = "table_info" if kind == "table" else "index_info"
+        columns = db.execute(f"PRAGMA {info}({name})").fetchall()
+        if kind == "table":
+            shape[f"table {name}"] = [(c[1], c[2], c[3], c[4], c[5]) for c in columns]
+        else:
+            shape[f"index {name} on {table}"] = [c[2] for c in columns]
+    return shape
+
+
+@_guarded
+def data_version(db: Any) -> int:
+    """A number that changes whenever another connection commits to the file."""
+    return int(db.execute("PRAGMA data_version").fetchone()[0])
+
+
+# -- messages and watermarks -------------------------------------------------------------
+
+
+@_guarded
+def insert_messages(
+    db: Any, messages: Iterable[tuple[str, str, str, str]], now: float
+) -> list[int]:
+    """Store (channel, sender, content, signature) rows in one transaction; return their ids."""
+    with _Write(db):
+        return [
+            db.execute(
+                "INSERT INTO messages (channel, sender, content, created_at, signature) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (channel, sender, content, now, signature),
+            ).lastrowid
+            for channel, sender, content, signature in messages
+        ]
+
+
+def insert_message(
+    db: Any, channel: str, sender: str, content: str, signature: str, now: float
+) -> int:
+    """Store one message and return its id."""
+    return insert_messages(db, [(channel, sender, content, signature)], now)[0]
+
+
+@_guarded
+def read_unread(
+    db: Any, channel: str, agent: str, deliver: Deliver | None = None, limit: int = -1
+) -> list[Message]:
+    """Return `agent`'s unread messages on `channel`, oldest first, and move its watermark.
+
+    Both happen in one write transaction, so two readers for one agent never get the same
+    message. `deliver` (if given) is called with the messages before the watermark moves;
+    if it raises, nothing moves and the messages stay unread.
+    """
+    with _Write(db):
+        messages = _unread(db, channel, agent, limit)
+        if messages:
+            if deliver is not None:
+                deliver(messages)
+            _advance(db, channel, agent, messages[-1].id)
+    return messages
+
+
+def _unread(db: Any, channel: str, agent: str, limit: int) -> list[Message]:
+    rows = db.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE channel = ? AND id > ? "
+        "ORDER BY id LIMIT ?",
+        (channel, _watermark(db, channel, agent), limit),
+    ).fetchall()
+    return [Message(*row) for row in rows]
+
+
+def _watermark(db: Any, channel: str, agent: str) -> int:
+    row = db.execute(
+        "SELECT last_id FROM watermarks WHERE agent = ? AND channel = ?", (agent, channel)
+    ).fetchone()
+    return int(row[0] or 0) if row else 0
+
+
+def _advance(db: Any, channel: str, agent: str, last_id: int) -> None:
+    # max(): a watermark never moves backwards, whatever order writers commit in.
+    db.execute(
+        "INSERT INTO watermarks (agent, channel, last_id) VALUES (?, ?, ?) "
+        "ON CONFLICT (agent, channel) DO UPDATE SET last_id = max(last_id, excluded.last_id)",
+        (agent, channel, last_id),
+    )
+
+
+@_guarded
+def watermark(db: Any, channel: str, agent: str) -> int:
+    """The id of the last message `agent` has read on `channel` (0 if it never read)."""
+    return _watermark(db, channel, agent)
+
+
+@_guarded
+def pending_count(db: Any, channel: str, agent: str) -> int:
+    """How many messages on `channel` are unread by `agent`."""
+    return int(db.execute(
+        "SELECT COUNT(*) FROM messages WHERE channel = ? AND id > ?",
+        (channel, _watermark(db, channel, agent)),
+    ).fetchone()[0])
+
+
+@_guarded
+def list_channels(db: Any) -> list[dict[str, object]]:
+    """Every channel with its message count and last message time, most recent first."""
+    rows = db.execute(
+        "SELECT channel, COUNT(*), MAX(created_at) AS last FROM messages "
+        "GROUP BY channel ORDER BY last DESC"
+    ).fetchall()
+    return [{"channel": c, "count": n, "last_message": last} for c, n, last in rows]
+
+
+# -- the agent directory -----------------------------------------------------------------
+
+
+@_guarded
+def is_secure(db: Any) -> bool:
+    """Secure mode is on once any operator exists (and stays on)."""
+    return db.execute("SELECT 1 FROM agents WHERE role = 'operator' LIMIT 1").fetchone() is not None
+
+
+@_guarded
+def get_agent(db: Any, name: str) -> Agent | None:
+    """The directory entry called `name`, or None."""
+    row = db.execute(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE name = ?", (name,)).fetchone()
+    return Agent(*row) if row else None
+
+
+@_guarded
+def list_agents(db: Any) -> list[Agent]:
+    """Every operator and agent, oldest first."""
+    rows = db.execute(f"SELECT {_AGENT_COLUMNS} FROM agents ORDER BY created_at, rowid")
+    return [Agent(*row) for row in rows.fetchall()]
+
+
+@_guarded
+def first_operator(db: Any) -> Agent | None:
+    """The operator seeded first (its key is the agent card's did:key), or None."""
+    row = db.execute(
+        f"SELECT {_AGENT_COLUMNS} FROM agents WHERE role = 'operator' "
+        "ORDER BY created_at, rowid LIMIT 1"
+    ).fetchone()
+    return Agent(*row) if row else None
+
+
+@_guarded
+def add_operator(
+    db: Any, name: str, public_key: str, now: float,
+    before_commit: Callable[[], None] | None = None,
+) -> None:
+    """Store a new operator; Conflict if the name is taken by anyone.
+
+    `before_commit` runs inside the transaction (the CLI hands out the private key there):
+    if it raises, no operator is stored, so no operator exists whose key was never delivered.
+    """
+    with _Write(db):
+        if _exists(db, name):
+            raise Conflict(f"agent '{name}' already exists")
+        db.execute(
+            "INSERT INTO agents (name, identity, public_key, role, registered_by, created_at) "
+            "VALUES (?, '', ?, 'operator', NULL, ?)",
+            (name, public_key, now),
+        )
+        if before_commit is not None:
+            before_commit()
+
+
+@_guarded
+def register_agent(
+    db: Any, name: str, identity: str, public_key: str, operator: str, now: float
+) -> None:
+    """Store or replace agent `name`, registered by `operator` (which must still be one).
+
+    The caller has checked the operator's signature; an operator's own entry is never replaced.
+    """
+    with _Write(db):
+        authority = _role(db, operator)
+        if authority != "operator":
+            raise Conflict(f"'{operator}' is not an operator")
+        if _role(db, name) == "operator":
+            raise Conflict(f"'{name}' is an operator and cannot be registered as an agent")
+        db.execute(
+            "INSERT OR REPLACE INTO agents "
+            "(name, identity, public_key, role, registered_by, created_at) "
+            "VALUES (?, ?, ?, 'agent', ?, ?)",
+            (name, identity, public_key, operator, now),
+        )
+
+
+def _exists(db: Any, name: str) -> bool:
+    return _role(db, name) is not None
+
+
+def _role(db: Any, name: str) -> str | None:
+    row = db.execute("SELECT role FROM agents WHERE name = ?", (name,)).fetchone()
+    return row[0] if row else None
+
