@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
-import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -116,24 +115,10 @@ def _create_private(path: str) -> None:
 def configure(conn: sqlite3.Connection) -> None:
     """Set the per-connection pragmas: busy wait, WAL, and fsync on every commit."""
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-    _enable_wal(conn)
+    # WAL is persistent in the file; racing first opens wait on the busy timeout above.
+    conn.execute("PRAGMA journal_mode = WAL")
     # FULL: a commit that returned is on disk, so an acknowledged send survives power loss.
     conn.execute("PRAGMA synchronous = FULL")
-
-
-def _enable_wal(conn: sqlite3.Connection) -> None:
-    # Several processes opening a new file at once race to switch it to WAL; the loser is
-    # told "locked" without a busy wait, so retry until the switch is visible.
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
-    while conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.005)
-        if conn.execute("PRAGMA journal_mode").fetchone()[0] == "memory":
-            return
 
 
 @_guarded

@@ -1,0 +1,105 @@
+"""Shared test helpers: temporary folders, el-ipc-shaped databases, and running the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+# Long enough for a loaded CI machine, short enough that a hung subprocess fails its test.
+SUBPROCESS_TIMEOUT_S = 60
+
+# el-ipc's schema, statement for statement (BEHAVIOUR.md), in its oldest form: the signature
+# column arrived later through ALTER TABLE, as el-ipc's own open did it.
+EL_IPC_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+    "channel TEXT NOT NULL, sender TEXT NOT NULL, content TEXT NOT NULL, "
+    "created_at REAL NOT NULL, read_by TEXT DEFAULT '')",
+    "CREATE TABLE IF NOT EXISTS watermarks (agent TEXT NOT NULL, channel TEXT NOT NULL, "
+    "last_id INTEGER DEFAULT 0, PRIMARY KEY (agent, channel))",
+    "CREATE TABLE IF NOT EXISTS agents (name TEXT PRIMARY KEY, "
+    "identity TEXT NOT NULL DEFAULT '', public_key TEXT NOT NULL, "
+    "role TEXT NOT NULL DEFAULT 'agent', registered_by TEXT, created_at REAL NOT NULL)",
+)
+EL_IPC_SIGNATURE_COLUMN = "ALTER TABLE messages ADD COLUMN signature TEXT DEFAULT ''"
+
+
+def temp_dir(case: SynchronousTestCase) -> str:
+    """A fresh folder removed when `case` ends."""
+    path = tempfile.mkdtemp(prefix="elipc-test-")
+    case.addCleanup(shutil.rmtree, path, True)
+    return path
+
+
+def make_el_ipc_database(path: str, with_signature_column: bool = True) -> None:
+    """Write a database the way el-ipc does: WAL, its three tables, version 0."""
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    for statement in EL_IPC_SCHEMA:
+        conn.execute(statement)
+    if with_signature_column:
+        conn.execute(EL_IPC_SIGNATURE_COLUMN)
+    conn.commit()
+    conn.close()
+
+
+def raw_rows(path: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run a read-only query on a separate connection: what is really on disk."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(query, params).fetchall()
+    finally:
+        conn.close()
+
+
+def raw_execute(path: str, *statements: tuple[str, tuple[Any, ...]]) -> None:
+    """Write to a file behind elipc's back (as el-ipc or a test fixture would)."""
+    conn = sqlite3.connect(path)
+    try:
+        for query, params in statements:
+            conn.execute(query, params)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+class CliResult:
+    """What one run of the real `elipc` process did."""
+
+    def __init__(self, completed: subprocess.CompletedProcess[str]) -> None:
+        self.code = completed.returncode
+        self.out = completed.stdout
+        self.err = completed.stderr
+
+    def json(self) -> Any:
+        """stdout parsed as JSON."""
+        return json.loads(self.out)
+
+
+def cli_env(db_path: str | None, **extra: str) -> dict[str, str]:
+    """The environment for a CLI run against `db_path`, isolated from the caller's IPC_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPC_")}
+    if db_path is not None:
+        env["IPC_DB_PATH"] = db_path
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    db_path: str | None, *args: str, cwd: str | None = None, stdin: str | None = None,
+    **env: str,
+) -> CliResult:
+    """Run `python -m elipc ARGS` as a real process and wait for it (bounded)."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "elipc", *args],
+        env=cli_env(db_path, **env), cwd=cwd, input=stdin, capture_output=True, text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+    )
+    return CliResult(completed)

@@ -1,0 +1,90 @@
+"""Settings: environment variables, defaults, and the per-user database location."""
+
+from __future__ import annotations
+
+import os
+import stat
+from unittest import mock
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from elipc import config
+from elipc.config import ConfigError, Settings, prepare_db_location
+from tests.helpers import temp_dir
+
+
+class SettingsTests(SynchronousTestCase):
+    """Settings.from_env reads el-ipc's variables and keeps every default in one place."""
+
+    def test_el_ipc_variables(self) -> None:
+        """Each IPC_* variable el-ipc knew sets its setting."""
+        s = Settings.from_env({
+            "IPC_DB_PATH": "/x/ipc.db", "IPC_PORT": "1234", "IPC_API_KEY": "k",
+            "IPC_AGENT_NAME": "Herald", "IPC_AGENT_DESC": "d", "IPC_AGENT_URL": "https://h",
+        })
+        self.assertEqual(
+            (s.db_path, s.port, s.api_key, s.agent_name, s.agent_desc, s.agent_url),
+            ("/x/ipc.db", 1234, "k", "Herald", "d", "https://h"),
+        )
+        self.assertFalse(s.db_path_is_default)
+
+    def test_defaults(self) -> None:
+        """Without variables: port 9876, bind 127.0.0.1, el-ipc's card name, url on the port."""
+        s = Settings.from_env({"HOME": "/home/u"})
+        self.assertEqual(s.port, 9876)
+        self.assertEqual(s.listen, "tcp:9876:interface=127.0.0.1")
+        self.assertEqual(s.agent_name, "el-ipc agent")
+        self.assertEqual(s.agent_url, "http://localhost:9876")
+        self.assertEqual(s.max_content_bytes, 1024 * 1024)
+        self.assertEqual(s.api_key, "")
+
+    def test_default_db_path_is_per_user(self) -> None:
+        """The database lives under XDG_STATE_HOME, else ~/.local/state, never in /tmp."""
+        self.assertEqual(
+            Settings.from_env({"XDG_STATE_HOME": "/s", "HOME": "/h"}).db_path, "/s/elipc/ipc.db"
+        )
+        s = Settings.from_env({"HOME": "/h"})
+        self.assertEqual(s.db_path, "/h/.local/state/elipc/ipc.db")
+        self.assertTrue(s.db_path_is_default)
+
+    def test_overrides_win(self) -> None:
+        """Options passed as overrides beat the environment; None means not given."""
+        s = Settings.from_env({"IPC_DB_PATH": "/env.db", "IPC_PORT": "1"}, db_path="/opt.db",
+                              port=None)
+        self.assertEqual((s.db_path, s.port), ("/opt.db", 1))
+
+    def test_bad_numbers(self) -> None:
+        """A port or size that is not a positive whole number is a ConfigError naming it."""
+        for env in ({"IPC_PORT": "http"}, {"IPC_PORT": "-5"}, {"IPC_MAX_CONTENT_BYTES": "1.5"}):
+            with self.assertRaises(ConfigError) as caught:
+                Settings.from_env(env)
+            self.assertIn(next(iter(env)), str(caught.exception))
+
+
+class LocationTests(SynchronousTestCase):
+    """prepare_db_location makes the per-user folder private and points el-ipc users home."""
+
+    def setUp(self) -> None:
+        self.root = temp_dir(self)
+        self.settings = Settings.from_env({"XDG_STATE_HOME": self.root})
+
+    def test_folder_is_private(self) -> None:
+        """The default folder is created with mode 0700."""
+        prepare_db_location(self.settings)
+        folder = os.path.dirname(self.settings.db_path)
+        self.assertEqual(stat.S_IMODE(os.stat(folder).st_mode), 0o700)
+
+    def test_legacy_notice(self) -> None:
+        """With no new file but an el-ipc file in /tmp, the notice says how to keep using it."""
+        legacy = os.path.join(self.root, "el-ipc.db")
+        open(legacy, "w").close()
+        with mock.patch.object(config, "LEGACY_DB_PATH", legacy):
+            notice = prepare_db_location(self.settings)
+        self.assertIn(f"IPC_DB_PATH={legacy}", notice or "")
+
+    def test_no_notice_without_legacy_file_or_with_explicit_path(self) -> None:
+        """No el-ipc file, or a path the user chose, means nothing to say."""
+        with mock.patch.object(config, "LEGACY_DB_PATH", os.path.join(self.root, "none")):
+            self.assertIsNone(prepare_db_location(self.settings))
+        explicit = Settings.from_env({"IPC_DB_PATH": os.path.join(self.root, "x.db")})
+        self.assertIsNone(prepare_db_location(explicit))
