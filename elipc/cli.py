@@ -82,7 +82,8 @@ def cmd_send(args: argparse.Namespace) -> None:
     settings = _settings(args)
     channel = check_name(args.channel, "channel")
     sender = check_name(args.sender, "sender")
-    content = check_content(" ".join(args.words), settings.max_content_bytes)
+    limit = settings.max_content_bytes
+    content = check_content(_content(args.words, limit), limit)
     conn = _open(settings)
     signature = ""
     if args.key:
@@ -91,6 +92,19 @@ def cmd_send(args: argparse.Namespace) -> None:
         raise CommandError("secure mode is active: --key <private key file> is required")
     message_id = store.insert_message(conn, channel, sender, content, signature, time.time())
     _print_json({"ok": True, "id": message_id, "channel": channel, "signed": bool(signature)})
+
+
+def _content(words: list[str], limit: int) -> str:
+    if words != ["-"]:
+        return " ".join(words)
+    # `-` reads the message from stdin: multi-line text, or more than argv can carry.
+    data = sys.stdin.buffer.read(limit + 1)
+    if len(data) > limit:
+        raise CommandError(f"content is over the limit of {limit} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CommandError("content is not valid UTF-8") from None
 
 
 def _signed_send(conn: sqlite3.Connection, key_file: str, channel: str, sender: str,
@@ -255,7 +269,8 @@ def _timeout(text: str) -> float:
 def _define(sub: argparse.ArgumentParser, command: str) -> None:
     add = sub.add_argument
     if command == "send":
-        add("channel"), add("sender"), add("words", nargs="+", metavar="message")
+        add("channel"), add("sender")
+        add("words", nargs="+", metavar="message", help="words joined by spaces; - reads stdin")
         add("--key", help="private key file to sign with (required in secure mode)")
     elif command == "read":
         add("channel"), add("agent")

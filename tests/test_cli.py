@@ -1,0 +1,389 @@
+"""The real `elipc` command line as a subprocess on a real database file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from elipc import identity, schema, store
+from tests.helpers import (
+    SUBPROCESS_TIMEOUT_S,
+    cli_env,
+    make_el_ipc_database,
+    raw_execute,
+    raw_rows,
+    run_cli,
+    temp_dir,
+)
+
+
+class CliCase(SynchronousTestCase):
+    """A temporary folder and database for each test."""
+
+    def setUp(self) -> None:
+        self.dir = temp_dir(self)
+        self.db = os.path.join(self.dir, "ipc.db")
+
+    def cli(self, *args: str, **kw: str):  # type: ignore[no-untyped-def]
+        return run_cli(self.db, *args, cwd=self.dir, **kw)
+
+    def ok(self, *args: str, **kw: str):  # type: ignore[no-untyped-def]
+        result = self.cli(*args, **kw)
+        self.assertEqual(result.code, 0, result.err)
+        return result
+
+    def fails(self, expected: str, *args: str, code: int = 1, **kw: str) -> str:
+        """Run a command that must fail with one line on stderr containing `expected`."""
+        result = self.cli(*args, **kw)
+        self.assertEqual(result.code, code, result.out + result.err)
+        self.assertIn(expected, result.err)
+        self.assertEqual(len(result.err.strip().splitlines()), 1, result.err)
+        self.assertNotIn("Traceback", result.err)
+        return result.err
+
+    def secure_setup(self) -> None:
+        """Seed operator `op`, make keys for herald and mallory, register both."""
+        self.ok("seed", "op", "--out", "op")
+        for name in ("herald", "mallory"):
+            self.ok("keygen", "--out", name)
+            self.ok("register", name, "--pubkey", f"{name}.pub", "--as", "op", "--key", "op.key")
+
+    def message_count(self) -> int:
+        return raw_rows(self.db, "SELECT COUNT(*) FROM messages")[0][0]
+
+
+class MessageCommandTests(CliCase):
+    """send, read and channels print el-ipc's JSON and keep per-agent watermarks."""
+
+    def test_send_shape(self) -> None:
+        """send joins the words after <from> and prints ok, id, channel and signed."""
+        result = self.ok("send", "ch", "agent-a", "Hello", "from", "A")
+        self.assertEqual(result.json(), {"ok": True, "id": 1, "channel": "ch", "signed": False})
+        self.assertEqual(raw_rows(self.db, "SELECT content FROM messages"), [("Hello from A",)])
+
+    def test_send_from_stdin(self) -> None:
+        """`send C F -` stores stdin verbatim, newlines included."""
+        self.ok("send", "ch", "a", "-", stdin="line one\nline two\n")
+        self.assertEqual(raw_rows(self.db, "SELECT content FROM messages"),
+                         [("line one\nline two\n",)])
+
+    def test_read_shape_and_watermark(self) -> None:
+        """read prints indented messages once per agent, then []."""
+        self.ok("send", "ch", "a", "one")
+        self.ok("send", "ch", "b", "two")
+        first = self.ok("read", "ch", "reader")
+        self.assertIn('\n  {\n    "id": 1,', first.out)
+        messages = first.json()
+        self.assertEqual([(m["id"], m["sender"], m["content"]) for m in messages],
+                         [(1, "a", "one"), (2, "b", "two")])
+        self.assertEqual(set(messages[0]), {"id", "sender", "content", "timestamp"})
+        self.assertEqual(self.ok("read", "ch", "reader").out, "[]\n")
+        self.assertEqual(len(self.ok("read", "ch", "other").json()), 2)
+        self.assertEqual(self.ok("read", "elsewhere", "reader").json(), [])
+
+    def test_channels_shape(self) -> None:
+        """channels lists count and last message time, most recent first."""
+        self.ok("send", "old", "a", "x")
+        self.ok("send", "new", "a", "x")
+        self.ok("send", "new", "a", "y")
+        channels = self.ok("channels").json()
+        self.assertEqual([(c["channel"], c["count"]) for c in channels], [("new", 2), ("old", 1)])
+        self.assertIsInstance(channels[0]["last_message"], float)
+
+    def test_wait_wakes_on_another_process(self) -> None:
+        """read --wait returns a message another process sends while it waits."""
+        reader = subprocess.Popen(
+            [sys.executable, "-m", "elipc", "read", "ch", "r", "--wait", "--timeout", "30"],
+            env=cli_env(self.db), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.addCleanup(reader.kill)
+        self.ok("read", "ch", "r")  # creates the file; the reader is waiting by now or soon
+        time.sleep(0.3)
+        self.ok("send", "ch", "w", "wake up")
+        out, err = reader.communicate(timeout=SUBPROCESS_TIMEOUT_S)
+        self.assertEqual(reader.returncode, 0, err)
+        self.assertEqual([m["content"] for m in json.loads(out)], ["wake up"])
+
+    def test_wait_times_out_empty(self) -> None:
+        """read --wait --timeout gives [] when nothing arrives."""
+        self.assertEqual(self.ok("read", "ch", "r", "--wait", "--timeout", "0.2").json(), [])
+
+    def test_wait_returns_pending_at_once(self) -> None:
+        """read --wait does not wait when messages are already unread."""
+        self.ok("send", "ch", "a", "there")
+        started = time.monotonic()
+        self.assertEqual(len(self.ok("read", "ch", "r", "--wait", "--timeout", "60").json()), 1)
+        self.assertLess(time.monotonic() - started, 30)
+
+    def test_output_failure_keeps_messages_unread(self) -> None:
+        """A reader whose stdout is gone moves no watermark: the messages are read again."""
+        self.ok("send", "ch", "a", "precious")
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            code = subprocess.run(
+                [sys.executable, "-m", "elipc", "read", "ch", "r"], env=cli_env(self.db),
+                stdout=write_end, stderr=subprocess.DEVNULL, timeout=SUBPROCESS_TIMEOUT_S,
+            ).returncode
+        finally:
+            os.close(write_end)
+        self.assertNotEqual(code, 0)
+        self.assertEqual([m["content"] for m in self.ok("read", "ch", "r").json()], ["precious"])
+
+
+class IdentityCommandTests(CliCase):
+    """seed, keygen, register, agents and agent-card."""
+
+    def test_seed_prints_private_key(self) -> None:
+        """seed prints the operator's private PEM, stores its public key, notes on stderr."""
+        result = self.ok("seed", "op")
+        key = identity.parse_private_key(result.out)
+        self.assertIn("seeded", result.err)
+        stored = raw_rows(self.db, "SELECT public_key, role FROM agents WHERE name = 'op'")
+        self.assertEqual(stored[0][1], "operator")
+        self.assertTrue(identity.key_matches(key, stored[0][0]))
+
+    def test_seed_twice_fails(self) -> None:
+        """Seeding a name that exists fails and prints no key."""
+        self.ok("seed", "op")
+        self.fails("already exists", "seed", "op")
+
+    def test_seed_out_writes_private_file(self) -> None:
+        """seed --out writes the key files (private 0600) instead of printing the key."""
+        result = self.ok("seed", "op", "--out", "op")
+        self.assertEqual(result.json()["key"], "op.key")
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(self.dir, "op.key")).st_mode), 0o600)
+        self.assertNotIn("PRIVATE", result.out)
+
+    def test_seed_out_existing_file_stores_no_operator(self) -> None:
+        """If the key file cannot be written, no operator is stored (secure mode stays off)."""
+        open(os.path.join(self.dir, "op.key"), "w").close()
+        self.fails("exists", "seed", "op", "--out", "op")
+        self.assertEqual(raw_rows(self.db, "SELECT COUNT(*) FROM agents")[0][0], 0)
+
+    def test_keygen_stdout_and_files(self) -> None:
+        """keygen prints both PEMs, or writes PREFIX.key 0600 and PREFIX.pub."""
+        out = self.ok("keygen").out
+        self.assertIn("BEGIN PRIVATE KEY", out)
+        self.assertIn("BEGIN PUBLIC KEY", out)
+        self.ok("keygen", "--out", "k")
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(self.dir, "k.key")).st_mode), 0o600)
+        self.fails("--force", "keygen", "--out", "k")
+        self.ok("keygen", "--out", "k", "--force")
+
+    def test_register_and_agents(self) -> None:
+        """register prints el-ipc's message; agents lists role, name, identity, registrar."""
+        self.ok("seed", "op", "--out", "op")
+        self.ok("keygen", "--out", "herald")
+        result = self.ok("register", "herald", "--pubkey", "herald.pub", "--as", "op",
+                         "--key", "op.key", "--identity", "a9e6db87")
+        self.assertEqual(result.json(), {
+            "ok": True, "message": "Agent 'herald' registered by operator 'op'"})
+        lines = self.ok("agents").out.splitlines()
+        self.assertEqual(lines, ["  [operator] op", "  [agent]    herald id=a9e6db87 (registered by op)"])
+
+    def test_agents_empty(self) -> None:
+        """With nobody registered, agents says so."""
+        self.assertIn("No agents registered", self.ok("agents").out)
+
+    def test_register_with_wrong_operator_key(self) -> None:
+        """A key file that is not the operator's key registers nothing."""
+        self.ok("seed", "op", "--out", "op")
+        self.ok("keygen", "--out", "fake")
+        self.fails("is not the key of operator", "register", "x", "--pubkey", "fake.pub",
+                   "--as", "op", "--key", "fake.key")
+        self.fails("not found", "register", "x", "--pubkey", "fake.pub", "--as", "nobody",
+                   "--key", "op.key")
+        self.assertEqual(raw_rows(self.db, "SELECT COUNT(*) FROM agents")[0][0], 1)
+
+    def test_register_by_non_operator(self) -> None:
+        """An agent cannot register other agents."""
+        self.secure_setup()
+        self.fails("not an operator", "register", "x", "--pubkey", "mallory.pub",
+                   "--as", "herald", "--key", "herald.key")
+
+    def test_agent_card(self) -> None:
+        """agent-card prints el-ipc's card, with the first operator's did:key once seeded."""
+        card = self.ok("agent-card", IPC_AGENT_NAME="Herald", IPC_PORT="1234").json()
+        self.assertEqual((card["name"], card["url"], card["version"]),
+                         ("Herald", "http://localhost:1234", "1.0.0"))
+        self.assertNotIn("did", card)
+        self.ok("seed", "op", "--out", "op")
+        with open(os.path.join(self.dir, "op.pub")) as f:
+            expected = identity.did_key(f.read())
+        self.assertEqual(self.ok("agent-card").json()["did"], expected)
+
+
+class SecureModeTests(CliCase):
+    """Once an operator exists every send is signed by the sender's registered key."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.secure_setup()
+
+    def test_signed_send(self) -> None:
+        """A send signed with the sender's key is stored and reads as signed."""
+        self.assertTrue(self.ok("send", "c", "herald", "hi", "--key", "herald.key").json()["signed"])
+        self.assertEqual(self.ok("read", "c", "x").json()[0]["signed"], True)
+
+    def test_stored_signature_verifies(self) -> None:
+        """The stored signature is el-ipc's: over channel, sender and content."""
+        self.ok("send", "c", "herald", "hi there", "--key", "herald.key")
+        (signature,) = raw_rows(self.db, "SELECT signature FROM messages")[0]
+        with open(os.path.join(self.dir, "herald.pub")) as f:
+            public = f.read()
+        self.assertTrue(identity.verify(public, b"c\nherald\nhi there", signature))
+
+    def test_unsigned_send_rejected(self) -> None:
+        """Without --key the send fails and nothing is stored."""
+        self.fails("--key", "send", "c", "herald", "hi")
+        self.assertEqual(self.message_count(), 0)
+
+    def test_impersonation_rejected(self) -> None:
+        """Signing as herald with mallory's key fails and nothing is stored."""
+        self.fails("not the registered key of 'herald'", "send", "c", "herald", "hi",
+                   "--key", "mallory.key")
+        self.assertEqual(self.message_count(), 0)
+
+    def test_unknown_sender_rejected(self) -> None:
+        """A sender nobody registered cannot send, whatever key it holds."""
+        self.fails("unknown sender", "send", "c", "ghost", "hi", "--key", "herald.key")
+        self.assertEqual(self.message_count(), 0)
+
+    def test_open_mode_signs_with_key(self) -> None:
+        """In open mode --key still signs (a fresh database has no operator)."""
+        other = os.path.join(self.dir, "open.db")
+        result = run_cli(other, "send", "c", "anyone", "hi", "--key", "herald.key", cwd=self.dir)
+        self.assertEqual(result.code, 0, result.err)
+        self.assertTrue(result.json()["signed"])
+
+
+class BadInputTests(CliCase):
+    """Every bad input is one line on stderr and a non-zero exit, never a traceback."""
+
+    def test_usage_errors_exit_2(self) -> None:
+        """Unknown commands and options and missing arguments are usage errors."""
+        self.fails("unknown command 'bogus'", "bogus", code=2)
+        self.fails("unrecognized arguments", "read", "c", "a", "--bogus", code=2)
+        self.fails("required: sender", "send", "c", code=2)
+        self.fails("required", "register", "x", code=2)
+        self.fails("not a number", "read", "c", "a", "--wait", "--timeout", "soon", code=2)
+        self.fails("between", "read", "c", "a", "--wait", "--timeout", "-1", code=2)
+
+    def test_names(self) -> None:
+        """Empty, over-long and control-character names are refused before touching the DB."""
+        self.fails("channel must not be empty", "send", "", "a", "x")
+        self.fails("longer than 256", "send", "c" * 257, "a", "x")
+        self.fails("control characters", "send", "c\nd", "a", "x")
+        self.fails("control characters", "read", "c", "a\x1b[31m")
+        self.ok("send", "c" * 256, "é-ünïcode", "x")
+
+    def test_content(self) -> None:
+        """Empty, over-limit and non-UTF-8 content is refused."""
+        self.fails("content must not be empty", "send", "c", "a", "")
+        self.fails("limit is 10", "send", "c", "a", "x" * 11, IPC_MAX_CONTENT_BYTES="10")
+        self.fails("over the limit", "send", "c", "a", "-", stdin="y" * 11,
+                   IPC_MAX_CONTENT_BYTES="10")
+        result = subprocess.run(
+            [sys.executable, "-m", "elipc", "send", "c", "a", b"\xff\xfe"],
+            env=cli_env(self.db), capture_output=True, timeout=SUBPROCESS_TIMEOUT_S)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn(b"not valid UTF-8", result.stderr)
+        self.assertFalse(os.path.exists(self.db), "bad input must be refused before opening")
+
+    def test_default_limit_is_one_mebibyte(self) -> None:
+        """Exactly 1 MiB is accepted; one byte more is refused."""
+        self.ok("send", "c", "a", "-", stdin="z" * (1024 * 1024))
+        self.fails("over the limit", "send", "c", "a", "-", stdin="z" * (1024 * 1024 + 1))
+
+    def test_key_files(self) -> None:
+        """Missing and malformed key files are named in the error."""
+        self.fails("cannot read key file nope.key", "send", "c", "a", "x", "--key", "nope.key")
+        with open(os.path.join(self.dir, "bad.key"), "w") as f:
+            f.write("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+        self.fails("not a PEM private key", "send", "c", "a", "x", "--key", "bad.key")
+        self.ok("seed", "op", "--out", "op")
+        self.fails("not a PEM public key", "register", "x", "--pubkey", "bad.key",
+                   "--as", "op", "--key", "op.key")
+
+    def test_corrupt_database(self) -> None:
+        """A database file that is not SQLite is reported, not crashed on."""
+        with open(self.db, "wb") as f:
+            f.write(b"garbage" * 1000)
+        self.fails("not an SQLite database", "read", "c", "a")
+
+    def test_unusable_database_location(self) -> None:
+        """A database in a missing folder is reported with its path."""
+        self.db = os.path.join(self.dir, "missing", "ipc.db")
+        self.fails(self.db, "send", "c", "a", "x")
+
+    def test_newer_database(self) -> None:
+        """A database from a newer elipc is refused with a clear message."""
+        self.ok("channels")
+        raw_execute(self.db, (f"PRAGMA user_version = {schema.CURRENT_VERSION + 5}", ()))
+        self.fails("newer elipc", "send", "c", "a", "x")
+
+    def test_bad_environment(self) -> None:
+        """A malformed setting in the environment names the variable."""
+        self.fails("IPC_MAX_CONTENT_BYTES", "send", "c", "a", "x", IPC_MAX_CONTENT_BYTES="lots")
+
+
+class CompatibilityTests(CliCase):
+    """The CLI opens el-ipc's database in place and respects its watermarks."""
+
+    def test_el_ipc_database(self) -> None:
+        """Messages and watermarks el-ipc wrote are there after the CLI opens the file."""
+        make_el_ipc_database(self.db)
+        raw_execute(
+            self.db,
+            ("INSERT INTO messages (channel, sender, content, created_at) "
+             "VALUES ('c', 'a', 'old', 1.0)", ()),
+            ("INSERT INTO messages (channel, sender, content, created_at) "
+             "VALUES ('c', 'a', 'new', 2.0)", ()),
+            ("INSERT INTO watermarks VALUES ('r', 'c', 1)", ()),
+        )
+        self.assertEqual([m["content"] for m in self.ok("read", "c", "r").json()], ["new"])
+        self.assertEqual(raw_rows(self.db, "PRAGMA user_version")[0][0], schema.CURRENT_VERSION)
+
+    def test_default_database_location(self) -> None:
+        """Without IPC_DB_PATH the database is created 0600 in a 0700 per-user folder."""
+        state = os.path.join(self.dir, "state")
+        result = run_cli(None, "send", "c", "a", "x", XDG_STATE_HOME=state)
+        self.assertEqual(result.code, 0, result.err)
+        folder = os.path.join(state, "elipc")
+        self.assertEqual(stat.S_IMODE(os.stat(folder).st_mode), 0o700)
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(folder, "ipc.db")).st_mode), 0o600)
+
+    def test_console_script_and_module(self) -> None:
+        """The installed `elipc` script and `python -m elipc` are the same program."""
+        script = shutil.which("elipc", path=os.path.dirname(sys.executable))
+        self.assertIsNotNone(script)
+        completed = subprocess.run([script, "--version"], capture_output=True, text=True,
+                                   timeout=SUBPROCESS_TIMEOUT_S)
+        self.assertEqual(completed.stdout, self.ok("--version").out)
+
+
+class StartupTests(CliCase):
+    """send and read stay light: no Twisted, Klein or treq, no cryptography without a key."""
+
+    def imported(self, *args: str) -> set[str]:
+        result = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "elipc", *args],
+            env=cli_env(self.db), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+        self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+        return {line.split("|")[-1].strip().split(".")[0]
+                for line in result.stderr.splitlines() if line.startswith("import time:")}
+
+    def test_local_path_imports(self) -> None:
+        """send and read import none of the heavy packages."""
+        heavy = {"twisted", "klein", "treq", "cryptography", "base58"}
+        self.assertEqual(self.imported("send", "c", "a", "x") & heavy, set())
+        self.assertEqual(self.imported("read", "c", "a") & heavy, set())
+        self.assertIn("cryptography", self.imported("keygen"))
