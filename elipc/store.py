@@ -12,7 +12,8 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from elipc import schema
@@ -58,23 +59,60 @@ def _describe(error: sqlite3.Error) -> str:
 
 
 class _Write:
-    """`with _Write(db):` is one BEGIN IMMEDIATE transaction, rolled back on any error."""
+    """`with _Write(db):` is one BEGIN IMMEDIATE transaction, rolled back on any error.
+
+    Inside a transaction already (a batch, see run_batch) it is a savepoint instead, so one
+    operation of a batch can fail without undoing the others.
+    """
 
     def __init__(self, db: Any) -> None:
         self.db = db
+        self.nested = False
 
     def __enter__(self) -> Any:
-        self.db.execute("BEGIN IMMEDIATE")
+        self.nested = _connection(self.db).in_transaction
+        self.db.execute("SAVEPOINT elipc_op" if self.nested else "BEGIN IMMEDIATE")
         return self.db
 
     def __exit__(self, kind: object, error: object, tb: object) -> None:
-        if kind is None:
+        if self.nested:
+            if kind is not None:
+                self.db.execute("ROLLBACK TO elipc_op")
+            self.db.execute("RELEASE elipc_op")
+        elif kind is None:
             self.db.execute("COMMIT")
-            return
-        try:
-            self.db.execute("ROLLBACK")
-        except sqlite3.OperationalError:
-            pass  # SQLite already rolled back (e.g. disk full); nothing to undo.
+        else:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.OperationalError:
+                pass  # SQLite already rolled back (e.g. disk full); nothing to undo.
+
+
+def _connection(db: Any) -> sqlite3.Connection:
+    # A sqlite3 cursor knows its connection; a connection (or adbapi's proxy of one) is one.
+    return getattr(db, "connection", db)
+
+
+@_guarded
+def run_batch(
+    db: Any, operations: Sequence[Callable[[Any], Any]]
+) -> list[tuple[bool, Any]]:
+    """Run `operations` in one transaction (one fsync), each in its own savepoint.
+
+    Returns (True, result) or (False, exception) per operation, in order. An operation that
+    raises leaves no trace; if the commit itself fails, the whole batch raises StorageError.
+    """
+    outcomes: list[tuple[bool, Any]] = []
+    with _Write(db):
+        for operation in operations:
+            try:
+                with _Write(db):
+                    outcomes.append((True, operation(db)))
+            except sqlite3.Error as e:
+                outcomes.append((False, StorageError(_describe(e))))
+            except Exception as e:  # the operation's own refusal, reported to its caller
+                outcomes.append((False, e))
+    return outcomes
 
 
 # -- opening and migrating ---------------------------------------------------------------
@@ -115,10 +153,23 @@ def _create_private(path: str) -> None:
 def configure(conn: sqlite3.Connection) -> None:
     """Set the per-connection pragmas: busy wait, WAL, and fsync on every commit."""
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-    # WAL is persistent in the file; racing first opens wait on the busy timeout above.
-    conn.execute("PRAGMA journal_mode = WAL")
+    _enable_wal(conn)
     # FULL: a commit that returned is on disk, so an acknowledged send survives power loss.
     conn.execute("PRAGMA synchronous = FULL")
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    # Processes opening a brand-new file at once race to switch it to WAL, and the losers
+    # get "database is locked" at once, without the busy wait: retry until it is WAL.
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.002)
 
 
 @_guarded
@@ -185,6 +236,21 @@ def describe_schema(db: Any) -> dict[str, object]:
 def data_version(db: Any) -> int:
     """A number that changes whenever another connection commits to the file."""
     return int(db.execute("PRAGMA data_version").fetchone()[0])
+
+
+@_guarded
+def last_message_id(db: Any) -> int:
+    """The highest message id stored (0 when there are none)."""
+    return int(db.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0])
+
+
+@_guarded
+def channels_after(db: Any, message_id: int) -> tuple[int, set[str]]:
+    """The channels that gained messages after `message_id`, and the new highest id."""
+    rows = db.execute(
+        "SELECT channel, MAX(id) FROM messages WHERE id > ? GROUP BY channel", (message_id,)
+    ).fetchall()
+    return max([message_id, *(row[1] for row in rows)]), {row[0] for row in rows}
 
 
 # -- messages and watermarks -------------------------------------------------------------

@@ -321,17 +321,24 @@ class MigrationTests(SynchronousTestCase):
         self.assertIn("messages_channel_id", " ".join(str(row) for row in plan))
 
     def test_eight_processes_open_a_new_file_at_once(self) -> None:
-        """Eight processes creating the same brand-new file at one instant all succeed."""
-        path = os.path.join(self.dir, "race.db")
+        """Eight processes creating the same brand-new file at one instant all succeed.
+
+        They race on five fresh files in turn, since one race may by chance not collide.
+        """
+        rounds = 5
+        paths = [os.path.join(self.dir, f"race{i}.db") for i in range(rounds)]
         start_at = time.time() + 1.0
         script = (
             "import sys, time\n"
             "from elipc import store\n"
-            f"time.sleep(max(0, {start_at!r} - time.time()))\n"
-            "conn = store.open_database(sys.argv[1])\n"
-            "store.insert_message(conn, 'c', 'p', 'hello', '', 1.0)\n"
+            "for i, path in enumerate(sys.argv[1:]):\n"
+            f"    time.sleep(max(0, {start_at!r} + 0.2 * i - time.time()))\n"
+            "    conn = store.open_database(path)\n"
+            "    store.insert_message(conn, 'c', 'p', 'hello', '', 1.0)\n"
+            "    store.read_unread(conn, 'c', 'p')\n"
+            "    conn.close()\n"
         )
-        procs = [subprocess.Popen([sys.executable, "-c", script, path],
+        procs = [subprocess.Popen([sys.executable, "-c", script, *paths],
                                   stderr=subprocess.PIPE, text=True) for _ in range(8)]
         failures = []
         for proc in procs:
@@ -342,5 +349,6 @@ class MigrationTests(SynchronousTestCase):
             if proc.returncode:
                 failures.append(err)
         self.assertEqual(failures, [])
-        self.assertEqual(raw_rows(path, "SELECT COUNT(*) FROM messages")[0][0], 8)
-        self.assertEqual(raw_rows(path, "PRAGMA user_version")[0][0], schema.CURRENT_VERSION)
+        for path in paths:
+            self.assertEqual(raw_rows(path, "SELECT COUNT(*) FROM messages")[0][0], 8)
+            self.assertEqual(raw_rows(path, "PRAGMA user_version")[0][0], schema.CURRENT_VERSION)
