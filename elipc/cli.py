@@ -18,6 +18,7 @@ from collections.abc import Callable
 from elipc import __version__, store
 from elipc.config import Settings, prepare_db_location
 from elipc.model import ElipcError, Message, check_content, check_identity, check_name
+from elipc.operations import Rejected, accept_message
 
 # How often `read --wait` looks for another process's commit (a cheap PRAGMA data_version).
 COMMIT_POLL_S = 0.01
@@ -84,14 +85,28 @@ def cmd_send(args: argparse.Namespace) -> None:
     sender = check_name(args.sender, "sender")
     limit = settings.max_content_bytes
     content = check_content(_content(args.words, limit), limit)
+    signature = _sign(args.key, channel, sender, content) if args.key else ""
     conn = _open(settings)
-    signature = ""
-    if args.key:
-        signature = _signed_send(conn, args.key, channel, sender, content)
-    elif store.is_secure(conn):
-        raise CommandError("secure mode is active: --key <private key file> is required")
-    message_id = store.insert_message(conn, channel, sender, content, signature, time.time())
+    try:
+        message_id = accept_message(conn, channel, sender, content, signature, time.time())
+    except Rejected as e:
+        raise CommandError(_explain_rejection(str(e), args.key, sender)) from None
     _print_json({"ok": True, "id": message_id, "channel": channel, "signed": bool(signature)})
+
+
+def _sign(key_file: str, channel: str, sender: str, content: str) -> str:
+    from elipc import identity
+
+    key = identity.load_private_key(key_file)
+    return identity.sign(key, identity.send_payload(channel, sender, content))
+
+
+def _explain_rejection(reason: str, key_file: str | None, sender: str) -> str:
+    if not key_file:
+        return f"{reason}: pass --key <private key file>"
+    if reason == "invalid signature":
+        return f"{reason}: {key_file} is not the registered key of '{sender}'"
+    return reason
 
 
 def _content(words: list[str], limit: int) -> str:
@@ -105,21 +120,6 @@ def _content(words: list[str], limit: int) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise CommandError("content is not valid UTF-8") from None
-
-
-def _signed_send(conn: sqlite3.Connection, key_file: str, channel: str, sender: str,
-                 content: str) -> str:
-    from elipc import identity
-
-    payload = identity.send_payload(channel, sender, content)
-    signature = identity.sign(identity.load_private_key(key_file), payload)
-    if store.is_secure(conn):
-        agent = store.get_agent(conn, sender)
-        if agent is None:
-            raise CommandError(f"unknown sender '{sender}': not registered")
-        if not identity.verify(agent.public_key, payload, signature):
-            raise CommandError(f"{key_file} is not the registered key of '{sender}'")
-    return signature
 
 
 def cmd_read(args: argparse.Namespace) -> None:

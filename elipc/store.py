@@ -88,6 +88,11 @@ class _Write:
                 pass  # SQLite already rolled back (e.g. disk full); nothing to undo.
 
 
+def transaction(db: Any) -> _Write:
+    """A write transaction (or, inside one, a savepoint) for several store calls at once."""
+    return _Write(db)
+
+
 def _connection(db: Any) -> sqlite3.Connection:
     # A sqlite3 cursor knows its connection; a connection (or adbapi's proxy of one) is one.
     return getattr(db, "connection", db)

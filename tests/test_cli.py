@@ -243,18 +243,19 @@ class SecureModeTests(CliCase):
 
     def test_unsigned_send_rejected(self) -> None:
         """Without --key the send fails and nothing is stored."""
-        self.fails("--key", "send", "c", "herald", "hi")
+        self.fails("signature required (secure mode active): pass --key", "send", "c", "herald", "hi")
         self.assertEqual(self.message_count(), 0)
 
     def test_impersonation_rejected(self) -> None:
         """Signing as herald with mallory's key fails and nothing is stored."""
-        self.fails("not the registered key of 'herald'", "send", "c", "herald", "hi",
+        self.fails("invalid signature: mallory.key is not the registered key of 'herald'",
+                   "send", "c", "herald", "hi",
                    "--key", "mallory.key")
         self.assertEqual(self.message_count(), 0)
 
     def test_unknown_sender_rejected(self) -> None:
         """A sender nobody registered cannot send, whatever key it holds."""
-        self.fails("unknown sender", "send", "c", "ghost", "hi", "--key", "herald.key")
+        self.fails("unknown sender: ghost", "send", "c", "ghost", "hi", "--key", "herald.key")
         self.assertEqual(self.message_count(), 0)
 
     def test_open_mode_signs_with_key(self) -> None:
