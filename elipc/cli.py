@@ -246,11 +246,11 @@ def cmd_agent_card(args: argparse.Namespace) -> None:
     _print_json(build_card(settings, operator.public_key if operator else None), indent=2)
 
 
-def cmd_serve(args: argparse.Namespace) -> None:
+def cmd_serve(args: argparse.Namespace) -> int:
     """Run the HTTP server in the foreground (the same service as `twist elipc`)."""
     from elipc.service import run
 
-    run(port=args.port, db_path=args.db)
+    return run(port=args.port, db_path=args.db)
 
 
 # -- argument parsing ----------------------------------------------------------------------

@@ -14,6 +14,7 @@ DEFAULT_PORT = 9876
 DEFAULT_MAX_CONTENT_BYTES = 1024 * 1024
 DEFAULT_WAIT_TIMEOUT = 30.0
 MAX_WAIT_TIMEOUT = 300.0
+MAX_LINGER = 30.0
 DEFAULT_AGENT_NAME = "el-ipc agent"
 DEFAULT_AGENT_DESC = (
     "Inter-agent message queue: named channels, per-agent read watermarks, "
@@ -30,7 +31,8 @@ class Settings:
 
     __slots__ = (
         "db_path", "db_path_is_default", "port", "listen", "api_key", "agent_name",
-        "agent_desc", "agent_url", "max_content_bytes", "wait_timeout", "linger",
+        "agent_desc", "agent_url", "max_content_bytes", "max_body_bytes", "wait_timeout",
+        "linger",
     )
 
     def __init__(self, **values: object) -> None:
@@ -59,10 +61,16 @@ class Settings:
                 env.get("IPC_MAX_CONTENT_BYTES") or DEFAULT_MAX_CONTENT_BYTES,
                 "IPC_MAX_CONTENT_BYTES",
             ),
+            "max_body_bytes": 0,
             "wait_timeout": DEFAULT_WAIT_TIMEOUT,
-            "linger": _seconds(env.get("IPC_LINGER") or 0, "IPC_LINGER"),
+            "linger": seconds_setting(env.get("IPC_LINGER") or 0, "IPC_LINGER", MAX_LINGER),
         }
         values.update(given)
+        # JSON may escape content to twice its UTF-8 size (é is 2 bytes, \u00e9 is 6).
+        values["max_body_bytes"] = _int(
+            env.get("IPC_MAX_BODY_BYTES") or 2 * int(values["max_content_bytes"]) + 64 * 1024,
+            "IPC_MAX_BODY_BYTES",
+        )
         return cls(**values)
 
 
@@ -102,11 +110,12 @@ def _int(value: object, name: str) -> int:
     return number
 
 
-def _seconds(value: object, name: str) -> float:
+def seconds_setting(value: object, name: str, maximum: float) -> float:
+    """`value` as seconds from 0 to `maximum`, or a ConfigError naming `name`."""
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be a number of seconds, not {value!r}") from None
-    if not 0 <= number <= MAX_WAIT_TIMEOUT:
-        raise ConfigError(f"{name} must be between 0 and {MAX_WAIT_TIMEOUT:g} seconds")
+    if not 0 <= number <= maximum:  # also refuses NaN
+        raise ConfigError(f"{name} must be between 0 and {maximum:g} seconds")
     return number

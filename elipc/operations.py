@@ -14,7 +14,15 @@ from elipc.model import ElipcError
 
 
 class Rejected(ElipcError):
-    """The request is well-formed but not allowed (secure mode refused it)."""
+    """The request is well-formed but not allowed (secure mode refused it).
+
+    `kind` names the refusal for security events: signature_required, unknown_sender,
+    invalid_signature.
+    """
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def accept_message(
@@ -36,12 +44,12 @@ def check_sender_signature(
 ) -> None:
     """Raise Rejected unless `signature` is `sender`'s registered key over the message."""
     if not signature:
-        raise Rejected("signature required (secure mode active)")
+        raise Rejected("signature required (secure mode active)", "signature_required")
     agent = store.get_agent(db, sender)
     if agent is None:
-        raise Rejected(f"unknown sender: {sender}")
+        raise Rejected(f"unknown sender: {sender}", "unknown_sender")
     from elipc import identity  # cryptography loads only when a signature is checked
 
     if not identity.verify(agent.public_key, identity.send_payload(channel, sender, content),
                            signature):
-        raise Rejected("invalid signature")
+        raise Rejected("invalid signature", "invalid_signature")

@@ -1,0 +1,145 @@
+"""The server's storage: the store.py functions run through adbapi, off the reactor thread.
+
+Every write goes to one writer thread with one connection. Writes that arrive while a turn is
+running wait, and the next turn runs them all in one transaction (store.run_batch), so one
+fsync serves many senders and SQLite's lock is never fought over inside this process. Each
+turn first asks SQLite, cheaply, whether another process (the CLI) has committed, and reports
+the channels it wrote to. Reads that move nothing go to a small pool of reader connections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from twisted.enterprise.adbapi import ConnectionPool
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from elipc import store
+
+Operation = Callable[[Any], Any]
+
+
+def sqlite_pool(path: str, connections: int, reactor: Any = None) -> ConnectionPool:
+    """An adbapi pool of `connections` sqlite3 connections in autocommit mode, configured."""
+    return ConnectionPool(
+        "sqlite3", path, check_same_thread=False, isolation_level=None,
+        timeout=store.BUSY_TIMEOUT_S, cp_openfun=store.configure,
+        cp_min=connections, cp_max=connections, cp_reactor=reactor,
+    )
+
+
+class CommitWatch:
+    """Tells, from the writer thread, which channels other processes have written to."""
+
+    def __init__(self) -> None:
+        self.version: int | None = None
+        self.last_id = 0
+
+    def check(self, db: Any) -> set[str]:
+        """The channels written by another connection since the last check (cheap if none)."""
+        version = store.data_version(db)
+        if self.version is None:
+            self.version, self.last_id = version, store.last_message_id(db)
+            return set()
+        if version == self.version:
+            return set()
+        self.version = version
+        self.last_id, channels = store.channels_after(db, self.last_id)
+        return channels
+
+
+def run_turn(db: Any, operations: list[Operation], watch: CommitWatch) -> tuple[list, set[str]]:
+    """One writer turn: look for other processes' commits, then run the batch."""
+    changed = watch.check(db)
+    return (store.run_batch(db, operations) if operations else []), changed
+
+
+class Database:
+    """Deferred-returning access to the store for the server."""
+
+    log = Logger()
+
+    def __init__(self, writer: Any, readers: Any) -> None:
+        self._writer = writer
+        self._readers = readers
+        self._queue: list[tuple[Operation, Deferred[Any]]] = []
+        self._turn: Deferred[None] | None = None
+        self._poll_wanted = False
+        self._watch = CommitWatch()
+        self._drained: list[Deferred[None]] = []
+        self.on_external_commit: Callable[[set[str]], None] = lambda channels: None
+
+    def write(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Run `function(db, *args)` in the writer's next turn; fire with its result."""
+        result: Deferred[Any] = Deferred(self._dequeue)
+        self._queue.append((partial(_call, function, args), result))
+        self._next_turn()
+        return result
+
+    def read(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Run `function(db, *args)` on a reader connection (it must not write)."""
+        return self._readers.runWithConnection(function, *args)
+
+    def poll(self) -> None:
+        """Look for other processes' commits soon (a turn with nothing else to do is cheap)."""
+        self._poll_wanted = True
+        self._next_turn()
+
+    def drain(self) -> Deferred[None]:
+        """Fires once every queued write has run."""
+        if self._turn is None and not self._queue:
+            return succeed(None)
+        waiting: Deferred[None] = Deferred()
+        self._drained.append(waiting)
+        return waiting
+
+    def close(self) -> None:
+        """Close both pools (after `drain`)."""
+        self._writer.close()
+        self._readers.close()
+
+    def _dequeue(self, cancelled: Deferred[Any]) -> None:
+        # A cancelled write that has not started yet never runs; one already running finishes
+        # and its result is dropped.
+        self._queue = [(op, d) for op, d in self._queue if d is not cancelled]
+
+    def _next_turn(self) -> None:
+        if self._turn is not None or not (self._queue or self._poll_wanted):
+            if self._turn is None:
+                self._notify_drained()
+            return
+        batch, self._queue, self._poll_wanted = self._queue, [], False
+        self._turn = self._writer.runWithConnection(
+            run_turn, [op for op, _ in batch], self._watch
+        )
+        self._turn.addBoth(self._finish_turn, batch)
+
+    def _finish_turn(self, outcome: Any, batch: list[tuple[Operation, Deferred[Any]]]) -> None:
+        self._turn = None
+        if isinstance(outcome, Failure):
+            # The commit itself failed: nothing in the batch was stored.
+            error = outcome.value if outcome.check(store.StorageError) else outcome
+            for _, result in batch:
+                result.errback(error)
+        else:
+            outcomes, changed = outcome
+            # Results first, in order: a reader that found nothing registers its waiter here,
+            # before any wake this batch causes, so no wake is missed.
+            for (ok, value), (_, result) in zip(outcomes, batch):
+                result.callback(value) if ok else result.errback(value)
+            if changed:
+                self.on_external_commit(changed)
+        self._next_turn()
+
+    def _notify_drained(self) -> None:
+        drained, self._drained = self._drained, []
+        for waiting in drained:
+            waiting.callback(None)
+
+
+def _call(function: Callable[..., Any], args: tuple[Any, ...], db: Any) -> Any:
+    return function(db, *args)

@@ -1,0 +1,154 @@
+"""The server's wiring: Options and makeService for `twist elipc` / `twistd elipc`, and the
+foreground runner behind `elipc serve`. Only this module knows twistd.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from elipc import __version__, store
+from elipc.broker import Broker
+from elipc.config import MAX_LINGER, ConfigError, Settings, prepare_db_location, seconds_setting
+from elipc.database import Database, sqlite_pool
+from elipc.web import make_site
+
+log = Logger(namespace="elipc.service")
+
+
+class Options(usage.Options):
+    """Command-line options; each falls back to its IPC_* environment variable."""
+
+    synopsis = "[--port PORT|ENDPOINT] [--db PATH] [--linger SECONDS]"
+    longdesc = (
+        "Runs the elipc HTTP server. --port takes a port number (bound to 127.0.0.1) or any "
+        "Twisted endpoint string, e.g. tcp:9876:interface=0.0.0.0, ssl:..., unix:/path. "
+        "IPC_API_KEY (environment only, never argv) requires Authorization: Bearer <key>."
+    )
+    optParameters = [
+        ["port", "p", None, "port number or endpoint string (default IPC_PORT, else 9876)"],
+        ["db", None, None, "SQLite database file (default IPC_DB_PATH, else per-user state)"],
+        ["linger", None, None, "seconds a long-poll gathers a burst once a message is there"],
+        ["agent-name", None, None, "name in the agent card (default IPC_AGENT_NAME)"],
+        ["agent-desc", None, None, "description in the agent card (default IPC_AGENT_DESC)"],
+        ["agent-url", None, None, "public URL in the agent card (default IPC_AGENT_URL)"],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            self["settings"] = settings_from(self)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def settings_from(options: Any, environ: dict[str, str] | None = None) -> Settings:
+    """Settings from parsed options over the environment."""
+    listen = options["port"]
+    port = listen if listen is None or listen.isdigit() else None
+    settings = Settings.from_env(environ, db_path=options["db"], port=port)
+    if listen is not None and not listen.isdigit():
+        settings.listen = listen
+    if options["linger"] is not None:
+        settings.linger = seconds_setting(options["linger"], "--linger", MAX_LINGER)
+    for option, name in (("agent-name", "agent_name"), ("agent-desc", "agent_desc"),
+                         ("agent-url", "agent_url")):
+        if options[option]:
+            setattr(settings, name, options[option])
+    return settings
+
+
+class ElipcService(MultiService):
+    """The running server: listens on start; on stop, answers waiters, drains writes, closes."""
+
+    def __init__(self, settings: Settings, broker: Broker, database: Database,
+                 site: Any, reactor: Any) -> None:
+        super().__init__()
+        self.settings, self.broker, self.database = settings, broker, database
+        self.site, self.reactor = site, reactor
+        self.port: IListeningPort | None = None
+        self.failed = False
+
+    def startService(self) -> None:
+        super().startService()
+        endpoint = endpoints.serverFromString(self.reactor, self.settings.listen)
+        endpoint.listen(self.site).addCallbacks(self._listening, self._cannot_listen)
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.port = port
+        log.info(
+            "elipc {version} listening on {address}; database {db}; API key {api_key}; "
+            "linger {linger} s", version=__version__, address=_describe(port.getHost()),
+            db=self.settings.db_path, linger=self.settings.linger,
+            api_key="required" if self.settings.api_key else "not set",
+        )
+
+    def _cannot_listen(self, failure: Failure) -> None:
+        log.critical("cannot listen on {listen}: {reason}", listen=self.settings.listen,
+                     reason=failure.getErrorMessage())
+        self.failed = True
+        self.reactor.stop()
+
+    async def _stop(self) -> None:
+        self.broker.stop()
+        if self.port is not None:
+            await self.port.stopListening()
+        await self.database.drain()
+        self.database.close()
+        log.info("elipc stopped")
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+
+def _describe(address: Any) -> str:
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    return f"{host}:{port}" if port is not None else str(getattr(address, "name", address))
+
+
+def makeService(options: Options, reactor: Any = None) -> ElipcService:
+    """Build the server from parsed options: check the database, then wire everything."""
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    settings: Settings = options["settings"]
+    notice = prepare_db_location(settings)
+    if notice:
+        log.warn("{notice}", notice=notice)
+    try:
+        # Before the reactor runs: create the file 0600, migrate it, and fail fast if unusable.
+        store.open_database(settings.db_path).close()
+    except store.StorageError as e:
+        raise SystemExit(f"elipc: {settings.db_path}: {e}") from None
+    database = Database(sqlite_pool(settings.db_path, 1, reactor),
+                        sqlite_pool(settings.db_path, 2, reactor))
+    broker = Broker(database, reactor, settings)
+    return ElipcService(settings, broker, database, make_site(broker, settings, reactor), reactor)
+
+
+def run(port: str | None = None, db_path: str | None = None) -> int:
+    """`elipc serve`: run the server in the foreground, logging to stderr, until a signal."""
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    options = Options()
+    argv = (["--port", port] if port else []) + (["--db", db_path] if db_path else [])
+    try:
+        options.parseOptions(argv)
+    except usage.UsageError as e:
+        raise ConfigError(str(e)) from None
+    service = makeService(options, reactor)
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
+    reactor.callWhenRunning(service.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    return 1 if service.failed else 0

@@ -1,0 +1,73 @@
+"""Long-poll waiters: one list of Deferreds per channel, woken when the channel may have news.
+
+A waiter is a Deferred that fires True when woken and False when its timeout passes or the
+server shuts down. Cancelling it (Klein does, when the client disconnects) removes it at once.
+Idle waiters cost nothing: no timer but their own timeout, no polling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+
+
+class Waiters:
+    """The pending long-polls, by channel."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        # Per channel, a dict used as an ordered set: removal on disconnect is O(1).
+        self._by_channel: dict[str, dict[Deferred[bool], None]] = {}
+        self._closed = False
+        self.on_first_waiter: Callable[[], None] = lambda: None
+
+    def __len__(self) -> int:
+        return sum(len(waiting) for waiting in self._by_channel.values())
+
+    def __bool__(self) -> bool:
+        return bool(self._by_channel)
+
+    def wait(self, channel: str, timeout: float) -> Deferred[bool]:
+        """A Deferred that fires True when `channel` is woken, False after `timeout` seconds."""
+        if self._closed:
+            return succeed(False)
+        waiter: Deferred[bool] = Deferred(lambda d: self._forget(channel, d))
+        if not self._by_channel:
+            self.on_first_waiter()
+        self._by_channel.setdefault(channel, {})[waiter] = None
+        waiter.addTimeout(timeout, self._clock, onTimeoutCancel=_timed_out)
+        return waiter
+
+    def waiting_on(self) -> set[str]:
+        """The channels someone is waiting on."""
+        return set(self._by_channel)
+
+    def wake(self, channel: str) -> None:
+        """Fire every waiter of `channel` with True."""
+        for waiter in self._by_channel.pop(channel, ()):
+            waiter.callback(True)
+
+    def wake_channels(self, channels: set[str]) -> None:
+        """Wake each of `channels` (those that another process wrote to, say)."""
+        for channel in channels & self._by_channel.keys():
+            self.wake(channel)
+
+    def close(self) -> None:
+        """Answer every waiter as timed out (False) and refuse new ones: the server is stopping."""
+        self._closed = True
+        waiting, self._by_channel = self._by_channel, {}
+        for waiters in waiting.values():
+            for waiter in waiters:
+                waiter.callback(False)
+
+    def _forget(self, channel: str, waiter: Deferred[bool]) -> None:
+        waiting = self._by_channel.get(channel, {})
+        if waiting.pop(waiter, False) is None and not waiting:
+            del self._by_channel[channel]
+
+
+def _timed_out(result: object, timeout: float) -> bool:
+    return False
+
