@@ -41,9 +41,11 @@ class HttpError(Exception):
 
 def json_bytes(request: IRequest, status: int, value: object) -> bytes:
     """Set `status` and the JSON content type; return `value` encoded."""
+    body = json.dumps(value).encode("utf-8")
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
-    return json.dumps(value).encode("utf-8")
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
 
 
 def remote_address(request: IRequest) -> str:
@@ -244,9 +246,10 @@ class ElipcRequest(Request):
     started = 0.0
 
     def gotLength(self, length: int | None) -> None:
-        site = self.channel.site
-        self.started = site.clock.seconds()
-        self._body_budget = site.max_body_bytes
+        # Kept here: Twisted clears request.channel when the connection goes.
+        self.elipc_site: ElipcSite = self.channel.site
+        self.started = self.elipc_site.clock.seconds()
+        self._body_budget = self.elipc_site.max_body_bytes
         super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
@@ -303,7 +306,7 @@ class _Front(Resource):
     def render(self, request: ElipcRequest) -> Any:
         request.notifyFinish().addErrback(_log_gone, request)
         if request.too_large:
-            limit = request.channel.site.max_body_bytes
+            limit = request.elipc_site.max_body_bytes
             return json_bytes(request, 413, {"error": f"request body is over the limit of {limit} bytes"})
         if self._expected and not self._authorized(request):
             log.warn("security event api_key: missing or wrong API key (from {remote})",
@@ -312,9 +315,9 @@ class _Front(Resource):
         return self._app.render(request)
 
     def _authorized(self, request: IRequest) -> bool:
-        given = request.getHeader(b"authorization") or ""
+        given = request.getHeader(b"authorization") or b""
         # Constant time, whatever the length or content of what was sent.
-        return hmac.compare_digest(given.encode("utf-8", "replace"), self._expected)
+        return hmac.compare_digest(given, self._expected)
 
 
 def _log_gone(failure: Failure, request: ElipcRequest) -> None:
@@ -325,7 +328,7 @@ def _log_gone(failure: Failure, request: ElipcRequest) -> None:
 
 
 def _elapsed_ms(request: ElipcRequest) -> float:
-    return round((request.channel.site.clock.seconds() - request.started) * 1000, 2)
+    return round((request.elipc_site.clock.seconds() - request.started) * 1000, 2)
 
 
 class ElipcSite(Site):

@@ -103,3 +103,58 @@ def run_cli(
         timeout=SUBPROCESS_TIMEOUT_S,
     )
     return CliResult(completed)
+
+
+class SynchronousPool:
+    """adbapi's runWithConnection, run at once on one real sqlite3 connection.
+
+    Stands in for the thread pool only (StubTreq tests have no running reactor): the SQL,
+    the store functions and the file are the real ones.
+    """
+
+    def __init__(self, path: str) -> None:
+        from elipc import store
+
+        self.connection = store.open_database(path, check_same_thread=False)
+        self.calls = 0
+
+    def runWithConnection(self, function: Any, *args: Any) -> Any:
+        from twisted.internet.defer import maybeDeferred
+
+        self.calls += 1
+        return maybeDeferred(function, self.connection, *args)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class Server:
+    """The real Klein app, broker and site over a real database, driven in memory by StubTreq."""
+
+    def __init__(self, case: SynchronousTestCase, **environ: str) -> None:
+        from treq.testing import StubTreq
+        from twisted.internet.task import Clock
+
+        from elipc.broker import Broker
+        from elipc.config import Settings
+        from elipc.database import Database
+        from elipc.web import make_site
+
+        self.dir = temp_dir(case)
+        self.path = os.path.join(self.dir, "ipc.db")
+        self.clock = Clock()
+        self.settings = Settings.from_env({"IPC_DB_PATH": self.path, **environ})
+        self.writer, self.reader = SynchronousPool(self.path), SynchronousPool(self.path)
+        case.addCleanup(self.writer.close)
+        case.addCleanup(self.reader.close)
+        self.database = Database(self.writer, self.reader)
+        self.broker = Broker(self.database, self.clock, self.settings)
+        self.site = make_site(self.broker, self.settings, self.clock)
+        self.http = StubTreq(self.site.resource)
+        # Serve through elipc's own Site (its request and channel classes), not treq's default.
+        assert hasattr(self.http._agent, "_serverFactory")
+        self.http._agent._serverFactory = self.site
+        case.addCleanup(self.broker.stop)
+
+    def url(self, path: str) -> str:
+        return "http://127.0.0.1:9876" + path
