@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
+from urllib.parse import unquote_to_bytes
 from typing import Any
 
 from klein import Klein
@@ -163,16 +164,26 @@ class HttpApi:
 
 
 def _params(request: IRequest, *known: str) -> dict[str, str]:
-    """The query parameters, each once and UTF-8; any other parameter is a 400."""
+    """The URL's query parameters, each once and UTF-8; any other parameter is a 400.
+
+    Read from the URL itself: Twisted's request.args also holds a form-encoded body's fields,
+    and curl -d sends JSON labelled as a form.
+    """
     params: dict[str, str] = {}
-    for raw_name, values in (request.args or {}).items():
-        name = _utf8(raw_name, "query parameter name")
+    query = request.uri.partition(b"?")[2]
+    for pair in filter(None, query.split(b"&")):
+        raw_name, _, raw_value = pair.partition(b"=")
+        name = _utf8(_unquote(raw_name), "query parameter name")
         if name not in known:
             raise InvalidInput(f"unknown query parameter: {name!r}")
-        if len(values) != 1:
+        if name in params:
             raise InvalidInput(f"query parameter {name} given more than once")
-        params[name] = _utf8(values[0], name)
+        params[name] = _utf8(_unquote(raw_value), name)
     return params
+
+
+def _unquote(raw: bytes) -> bytes:
+    return unquote_to_bytes(raw.replace(b"+", b" "))
 
 
 def _utf8(raw: bytes, what: str) -> str:

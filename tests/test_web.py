@@ -334,6 +334,13 @@ class BadInputTests(WebCase):
         self.assert_still_serving()
 
 
+    def test_form_encoded_json_body(self) -> None:
+        """JSON sent with curl -d's form content type is still JSON; its '=' is no parameter."""
+        answer = self.post("/send", {"channel": "c", "sender": "a", "content": "x=1&y=2"},
+                           Content_Type="application/x-www-form-urlencoded")
+        self.assertEqual(answer, (200, {"ok": True, "id": 1}))
+        self.assertEqual(self.get("/messages", channel="c", agent="r")[1][0]["content"], "x=1&y=2")
+
     def test_body_over_limit(self) -> None:
         """A body over the limit is 413, whether its length is declared or not."""
         self.server.site.max_body_bytes = 100
