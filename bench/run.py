@@ -1,0 +1,390 @@
+"""elipc's benchmark: starts the real `twist elipc` and CLI on 127.0.0.1 and prints a table.
+
+    make bench            (or: .venv/bin/python bench/run.py [--quick])
+
+Every figure comes from real processes on a free port over loopback; databases live in a
+temporary folder removed at the end; servers are stopped by pid. The load generator is a
+small asyncio HTTP/1.1 keep-alive client (stdlib only) so it costs the server's CPU little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+BIN = os.path.dirname(sys.executable)
+START_TIMEOUT_S = 30
+
+
+# -- a minimal HTTP/1.1 client ---------------------------------------------------------------
+
+
+class Connection:
+    """One keep-alive connection; requests on it are sequential."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=2**22)
+        return cls(reader, writer)
+
+    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = b"" if body is None else json.dumps(body).encode()
+        head = (f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {len(data)}\r\n"
+                "Content-Type: application/json\r\n\r\n").encode()
+        self.writer.write(head + data)
+        headers = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(headers.split(b" ", 2)[1])
+        length = 0
+        for line in headers.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        return status, json.loads(await self.reader.readexactly(length))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+# -- servers -----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Server:
+    """A real `twist elipc` process on a free port."""
+
+    def __init__(self, db_path: str, log_path: str) -> None:
+        self.port = free_port()
+        self.log = open(log_path, "ab")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IPC_")}
+        env["IPC_DB_PATH"] = db_path
+        self.proc = subprocess.Popen(
+            [os.path.join(BIN, "twist"), "--log-format=text", "elipc", "--port",
+             str(self.port)], env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            preexec_fn=raise_fd_limit)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited with {self.proc.returncode}; see {log_path}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise SystemExit("server did not start")
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+# -- the measurements --------------------------------------------------------------------------
+
+
+def sequential_sends(port: int, count: int) -> dict[str, str]:
+    # A blocking socket, so the figure is the server's and not the client's event loop.
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    pending = b""
+    started = time.perf_counter()
+    for i in range(count):
+        body = b'{"channel": "seq", "sender": "b", "content": "m%d"}' % i
+        sock.sendall(b"POST /send HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        while b"\r\n\r\n" not in pending:
+            pending += _recv(sock)
+        head, _, pending = pending.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(pending) < length:
+            pending += _recv(sock)
+        pending = pending[length:]
+    elapsed = time.perf_counter() - started
+    sock.close()
+    return {"sequential sends, 1 keep-alive connection": f"{count / elapsed:,.0f} msgs/s"}
+
+
+def _recv(sock: socket.socket) -> bytes:
+    chunk = sock.recv(65536)
+    if not chunk:
+        raise ConnectionError("server closed the connection")
+    return chunk
+
+
+async def concurrent_sends(port: int, connections: int, each: int) -> dict[str, str]:
+    latencies: list[float] = []
+
+    async def worker(n: int) -> None:
+        conn = await Connection.open(port)
+        for i in range(each):
+            t = time.perf_counter()
+            status, _ = await conn.request(
+                "POST", "/send", {"channel": f"conc{n % 4}", "sender": "b", "content": f"m{i}"})
+            latencies.append(time.perf_counter() - t)
+            assert status == 200
+        conn.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(n) for n in range(connections)))
+    elapsed = time.perf_counter() - started
+    return {
+        f"sends over {connections} connections": f"{len(latencies) / elapsed:,.0f} msgs/s",
+        f"  latency p50 / p99 / max": " / ".join(
+            ms(x) for x in (percentile(latencies, 50), percentile(latencies, 99),
+                            max(latencies))),
+    }
+
+
+async def wake_latency(port: int, rounds: int) -> dict[str, str]:
+    waiter, sender = await Connection.open(port), await Connection.open(port)
+    latencies = []
+    for i in range(rounds):
+        pending = asyncio.ensure_future(
+            waiter.request("GET", f"/messages?channel=wake&agent=w&wait=true"))
+        await asyncio.sleep(0.002)  # let the long-poll reach the server and park
+        t = time.perf_counter()
+        await sender.request("POST", "/send", {"channel": "wake", "sender": "s", "content": "x"})
+        status, messages = await pending
+        latencies.append(time.perf_counter() - t)
+        assert messages, "woken with nothing"
+    waiter.close()
+    sender.close()
+    return {"long-poll wake (HTTP send to HTTP waiter) p50 / p99":
+            f"{ms(percentile(latencies, 50))} / {ms(percentile(latencies, 99))}"}
+
+
+async def park(port: int, count: int, channel: Callable[[int], str]) -> tuple[list, list]:
+    """Open `count` connections each with a pending long-poll; return (conns, futures)."""
+    conns = []
+    for start in range(0, count, 500):
+        conns += await asyncio.gather(*(Connection.open(port)
+                                        for _ in range(min(500, count - start))))
+    futures = [asyncio.ensure_future(conn.request(
+        "GET", f"/messages?channel={channel(i)}&agent=p&wait=true&timeout=120"))
+        for i, conn in enumerate(conns)]
+    return conns, futures
+
+
+async def health_under_load(server: Server, pending: int, rounds: int) -> dict[str, str]:
+    conns, futures = await park(server.port, pending, lambda i: f"idle{i}")
+    await asyncio.sleep(1.0)
+    probe = await Connection.open(server.port)
+    latencies = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        await probe.request("GET", "/health")
+        latencies.append(time.perf_counter() - t)
+    probe.close()
+    for conn in conns:
+        conn.close()
+    await asyncio.gather(*futures, return_exceptions=True)
+    return {f"/health with {pending:,} long-polls pending, p50 / p99":
+            f"{ms(percentile(latencies, 50))} / {ms(percentile(latencies, 99))}"}
+
+
+async def many_long_polls(server: Server, count: int) -> dict[str, str]:
+    before = server.rss_mb()
+    conns, futures = await park(server.port, count, lambda i: f"lp{i}")
+    await asyncio.sleep(2.0)
+    peak = server.rss_mb()
+    senders = [await Connection.open(server.port) for _ in range(16)]
+    sent_at: dict[int, float] = {}
+    delivered: dict[int, float] = {}
+
+    async def send(n: int) -> None:
+        for i in range(n, count, len(senders)):
+            sent_at[i] = time.perf_counter()
+            await senders[n].request("POST", "/send",
+                                     {"channel": f"lp{i}", "sender": "s", "content": "x"})
+
+    async def collect(i: int) -> None:
+        status, messages = await futures[i]
+        if messages:
+            delivered[i] = time.perf_counter()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(send(n) for n in range(len(senders))),
+                         *(collect(i) for i in range(count)))
+    total = time.perf_counter() - started
+    on_time = sum(1 for i, t in delivered.items() if t - sent_at[i] <= 2.0)
+    for conn in conns + senders:
+        conn.close()
+    return {
+        f"{count:,} concurrent long-polls: delivered within 2 s": f"{on_time:,} of {count:,}",
+        f"  all {count:,} sent and delivered in": f"{total:.2f} s",
+        f"  server memory growth holding {count:,}": f"{peak - before:.0f} MB",
+    }
+
+
+async def fresh_reads(port: int, rounds: int) -> float:
+    conn = await Connection.open(port)
+    latencies = []
+    for i in range(rounds):
+        t = time.perf_counter()
+        status, messages = await conn.request("GET", f"/messages?channel=small&agent=fresh{i}")
+        latencies.append(time.perf_counter() - t)
+        assert len(messages) == 10
+    conn.close()
+    return percentile(latencies, 50)
+
+
+def preload(db_path: str, big: int) -> None:
+    subprocess.run([os.path.join(BIN, "elipc"), "channels"], env={**os.environ,
+                   "IPC_DB_PATH": db_path}, check=True, capture_output=True)
+    conn = sqlite3.connect(db_path)
+    rows = [("big", "s", f"m{i}", 1.0) for i in range(big)] + \
+           [("small", "s", f"m{i}", 2.0) for i in range(10)]
+    conn.executemany(
+        "INSERT INTO messages (channel, sender, content, created_at) VALUES (?, ?, ?, ?)", rows)
+    conn.commit()
+    conn.close()
+
+
+async def cli_to_waiter(server: Server, db_path: str, rounds: int) -> dict[str, str]:
+    waiter = await Connection.open(server.port)
+    latencies = []
+    env = {**os.environ, "IPC_DB_PATH": db_path}
+    for i in range(rounds):
+        pending = asyncio.ensure_future(
+            waiter.request("GET", "/messages?channel=hybrid&agent=w&wait=true"))
+        await asyncio.sleep(0.05)
+        proc = await asyncio.create_subprocess_exec(
+            os.path.join(BIN, "elipc"), "send", "hybrid", "cli", "x", env=env,
+            stdout=asyncio.subprocess.DEVNULL)
+        await proc.wait()
+        exited = time.perf_counter()
+        status, messages = await pending
+        latencies.append(time.perf_counter() - exited)
+        assert messages
+    waiter.close()
+    return {"CLI write to HTTP waiter, after the CLI exits, p50 / p99":
+            f"{ms(percentile(latencies, 50))} / {ms(percentile(latencies, 99))}"}
+
+
+def cli_startup(db_path: str, rounds: int) -> dict[str, str]:
+    env = {**os.environ, "IPC_DB_PATH": db_path}
+    results = {}
+    for name, argv in (("send", ["send", "cli", "a", "hello"]), ("read", ["read", "cli", "r"])):
+        times = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            subprocess.run([os.path.join(BIN, "elipc"), *argv], env=env, check=True,
+                           stdout=subprocess.DEVNULL)
+            times.append(time.perf_counter() - t)
+        results[f"CLI `elipc {name}` (local, no server), median"] = ms(statistics.median(times))
+    return results
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
+    args = parser.parse_args()
+    scale = 0.1 if args.quick else 1.0
+    raise_fd_limit()
+    work = tempfile.mkdtemp(prefix="elipc-bench-")
+    rows: dict[str, str] = {}
+    try:
+        rows.update(run_all(work, scale))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    width = max(len(k) for k in rows)
+    print(f"{'measure'.ljust(width)}  result")
+    print(f"{'-' * width}  {'-' * 24}")
+    for name, value in rows.items():
+        print(f"{name.ljust(width)}  {value}")
+
+
+async def _now(rows: dict[str, str]) -> dict[str, str]:
+    return rows
+
+
+def run_all(work: str, scale: float) -> dict[str, str]:
+    rows: dict[str, str] = {}
+    n = lambda x: max(10, int(x * scale))  # noqa: E731
+
+    def with_server(db: str, *steps: Callable[[Server], Awaitable[dict[str, str]]]) -> None:
+        server = Server(os.path.join(work, db), os.path.join(work, db + ".log"))
+        try:
+            for step in steps:
+                rows.update(asyncio.run(step(server)))
+        finally:
+            server.stop()
+
+    rows.update(cli_startup(os.path.join(work, "cli.db"), n(30)))
+    with_server("sends.db",
+                lambda s: _now(sequential_sends(s.port, n(5000))),
+                lambda s: concurrent_sends(s.port, 16, n(1000)),
+                lambda s: wake_latency(s.port, n(300)),
+                lambda s: health_under_load(s, 1000, n(500)))
+    with_server("polls.db", lambda s: many_long_polls(s, n(10000)))
+    empty, full = os.path.join(work, "empty.db"), os.path.join(work, "full.db")
+    preload(empty, 0)
+    preload(full, 100_000)
+    figures = {}
+    for label, db in (("empty", "empty.db"), ("full", "full.db")):
+        server = Server(os.path.join(work, db), os.path.join(work, db + ".log"))
+        try:
+            figures[label] = asyncio.run(fresh_reads(server.port, n(500)))
+        finally:
+            server.stop()
+    rows["fresh-agent read, p50: empty DB / 100,000 msgs elsewhere"] = (
+        f"{ms(figures['empty'])} / {ms(figures['full'])} "
+        f"(x{figures['full'] / figures['empty']:.2f})")
+    hybrid = os.path.join(work, "hybrid.db")
+    with_server("hybrid.db", lambda s: cli_to_waiter(s, hybrid, n(100)))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
