@@ -52,7 +52,8 @@ class Settings:
             "db_path": db_path or default_db_path(env),
             "db_path_is_default": not db_path,
             "port": port,
-            "listen": f"tcp:{port}:interface=127.0.0.1",
+            # A long backlog: bursts of agents (re)connecting must not overflow the accept queue.
+            "listen": f"tcp:{port}:interface=127.0.0.1:backlog=1024",
             "api_key": env.get("IPC_API_KEY", ""),
             "agent_name": env.get("IPC_AGENT_NAME") or DEFAULT_AGENT_NAME,
             "agent_desc": env.get("IPC_AGENT_DESC") or DEFAULT_AGENT_DESC,

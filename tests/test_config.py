@@ -32,7 +32,7 @@ class SettingsTests(SynchronousTestCase):
         """Without variables: port 9876, bind 127.0.0.1, el-ipc's card name, url on the port."""
         s = Settings.from_env({"HOME": "/home/u"})
         self.assertEqual(s.port, 9876)
-        self.assertEqual(s.listen, "tcp:9876:interface=127.0.0.1")
+        self.assertEqual(s.listen, "tcp:9876:interface=127.0.0.1:backlog=1024")
         self.assertEqual(s.agent_name, "el-ipc agent")
         self.assertEqual(s.agent_url, "http://localhost:9876")
         self.assertEqual(s.max_content_bytes, 1024 * 1024)
