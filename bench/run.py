@@ -312,6 +312,25 @@ async def cli_to_waiter(server: Server, db_path: str, rounds: int) -> dict[str, 
             f"{ms(percentile(latencies, 50))} / {ms(percentile(latencies, 99))}"}
 
 
+def cli_wait_wake(db_path: str, rounds: int) -> dict[str, str]:
+    """`elipc read --wait` in one process, woken by `elipc send` in another."""
+    env = {**os.environ, "IPC_DB_PATH": db_path}
+    elipc = os.path.join(BIN, "elipc")
+    latencies = []
+    for _ in range(rounds):
+        reader = subprocess.Popen([elipc, "read", "wake", "r", "--wait", "--timeout", "30"],
+                                  env=env, stdout=subprocess.PIPE)
+        time.sleep(0.15)  # the reader is parked by now
+        subprocess.run([elipc, "send", "wake", "w", "x"], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        sent = time.perf_counter()
+        reader.stdout.readline()  # its first line arrives once it has read the message
+        latencies.append(time.perf_counter() - sent)
+        reader.wait(timeout=30)
+    return {"CLI read --wait woken by another CLI send, after it exits, p50 / max":
+            f"{ms(percentile(latencies, 50))} / {ms(max(latencies))}"}
+
+
 def cli_startup(db_path: str, rounds: int) -> dict[str, str]:
     env = {**os.environ, "IPC_DB_PATH": db_path}
     results = {}
@@ -365,6 +384,7 @@ def run_all(work: str, scale: float) -> dict[str, str]:
             server.stop()
 
     rows.update(cli_startup(os.path.join(work, "cli.db"), n(30)))
+    rows.update(cli_wait_wake(os.path.join(work, "cli.db"), n(20)))
     with_server("sends.db",
                 lambda s: _now(sequential_sends(s.port, n(5000))),
                 lambda s: concurrent_sends(s.port, 16, n(1000)),

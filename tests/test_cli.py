@@ -325,6 +325,11 @@ class BadInputTests(CliCase):
         self.db = os.path.join(self.dir, "missing", "ipc.db")
         self.fails(self.db, "send", "c", "a", "x")
 
+    def test_unopenable_database(self) -> None:
+        """A database path that cannot be opened as a file is reported in one line."""
+        self.db = self.dir  # a folder: SQLite cannot open or create it, even as root
+        self.fails("unable to open database file", "send", "c", "a", "x")
+
     def test_newer_database(self) -> None:
         """A database from a newer elipc is refused with a clear message."""
         self.ok("channels")
