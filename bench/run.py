@@ -177,7 +177,7 @@ async def concurrent_sends(port: int, connections: int, each: int) -> dict[str, 
     elapsed = time.perf_counter() - started
     return {
         f"sends over {connections} connections": f"{len(latencies) / elapsed:,.0f} msgs/s",
-        f"  latency p50 / p99 / max": " / ".join(
+        "  latency p50 / p99 / max": " / ".join(
             ms(x) for x in (percentile(latencies, 50), percentile(latencies, 99),
                             max(latencies))),
     }
@@ -188,7 +188,7 @@ async def wake_latency(port: int, rounds: int) -> dict[str, str]:
     latencies = []
     for i in range(rounds):
         pending = asyncio.ensure_future(
-            waiter.request("GET", f"/messages?channel=wake&agent=w&wait=true"))
+            waiter.request("GET", "/messages?channel=wake&agent=w&wait=true"))
         await asyncio.sleep(0.002)  # let the long-poll reach the server and park
         t = time.perf_counter()
         await sender.request("POST", "/send", {"channel": "wake", "sender": "s", "content": "x"})

@@ -7,51 +7,82 @@ the use case is waiting on, and a long-poll that is cancelled moves no watermark
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
 
 from elipc import operations, store
 from elipc.agentcard import build_card
 from elipc.config import Settings
 from elipc.database import Database
-from elipc.model import Agent, Message
+from elipc.model import SECURITY_CHANNEL, Agent, Message
 from elipc.waiters import Waiters
 
 # While anyone waits, how often the writer checks for other processes' commits.
 EXTERNAL_COMMIT_POLL_S = 0.01
+NONCE_PRUNE_INTERVAL_S = 60.0
+EVENTS_PER_MINUTE = 60
+
+log = Logger(namespace="elipc.broker")
 
 
 class Broker:
-    """Send, read (with long-poll), and the read-only views, for one database."""
+    """Send, read (with long-poll), register, and the read-only views, for one database."""
 
     def __init__(self, database: Database, clock: IReactorTime, settings: Settings) -> None:
         self._db = database
         self._clock = clock
         self._settings = settings
+        self.policy = operations.Policy.from_settings(settings)
         self.waiters = Waiters(clock)
+        self.security = SecurityEvents(self._record_security_event, clock)
         self._db.on_external_commit = self.waiters.wake_channels
         self._poller = LoopingCall(self._poll_external_commits)
         self._poller.clock = clock
         self.waiters.on_first_waiter = self._start_polling
+        self._pruner = LoopingCall(self._prune_nonces)
+        self._pruner.clock = clock
 
-    async def send(self, channel: str, sender: str, content: str, signature: str) -> int:
+    def start(self) -> None:
+        """Start the timers (forgetting nonces once they are outside the replay window)."""
+        self._pruner.start(NONCE_PRUNE_INTERVAL_S, now=False)
+
+    async def send(self, channel: str, sender: str, content: str,
+                   signed: operations.Signed) -> int:
         """Store a message (secure mode: verified) and wake the channel's waiters."""
-        message_id: int = await self._db.write(
-            operations.accept_message, channel, sender, content, signature, self._clock.seconds()
+        message_id, replayable = await self._db.write(
+            operations.accept_message, channel, sender, content, signed,
+            self._clock.seconds(), self.policy,
         )
+        if replayable:
+            log.info("accepted an el-ipc (replayable) signature from {sender} on {channel}",
+                     sender=sender, channel=channel, kind="replayable_signature")
         self.waiters.wake(channel)
-        return message_id
+        return int(message_id)
+
+    async def register(self, name: str, agent_identity: str, public_key: str, operator: str,
+                       signed: operations.Signed) -> None:
+        """Register `name` on `operator`'s elipc/2 signature (verified, replay-checked)."""
+        await self._db.write(operations.register, name, agent_identity, public_key, operator,
+                             signed, self._clock.seconds(), self.policy)
+        log.info("{operator} registered {name}", operator=operator, name=name)
 
     async def read(
-        self, channel: str, agent: str, wait: bool, timeout: float, linger: float
+        self, channel: str, agent: str, signed: operations.Signed | None, wait: bool,
+        timeout: float, linger: float,
     ) -> list[Message]:
         """Unread messages for `agent`, moving its watermark; with `wait`, block for a first one.
 
-        `linger` (with `wait`) lets a burst gather: once something is unread, wait that long,
-        then read everything at once.
+        In secure mode `signed` must be `agent`'s read signature (checked first; a refusal
+        moves nothing). `linger` (with `wait`) lets a burst gather: once something is unread,
+        wait that long, then read everything at once.
         """
+        await self._authorize(channel, agent, signed)
         deadline = self._clock.seconds() + (timeout if wait else 0.0)
         gather = wait and linger > 0
         while True:
@@ -73,9 +104,15 @@ class Broker:
         """The directory, oldest first."""
         return await self._db.read(store.list_agents)  # type: ignore[no-any-return]
 
-    async def health(self, channel: str, agent: str) -> dict[str, object]:
-        """Status, `agent`'s unread count on `channel` (0 if either is empty), secure mode."""
-        return await self._db.read(_health, channel, agent)  # type: ignore[no-any-return]
+    async def health(self, channel: str, agent: str,
+                     signed: operations.Signed | None) -> dict[str, object]:
+        """Status, `agent`'s unread count on `channel` (0 if either is empty; signed like a
+        read in secure mode), secure mode, and the security events counted so far."""
+        if channel and agent:
+            await self._authorize(channel, agent, signed)
+        answer: dict[str, object] = await self._db.read(_health, channel, agent)
+        answer["security_events"] = dict(self.security.counts)
+        return answer
 
     async def agent_card(self) -> dict[str, object]:
         """The A2A agent card, with the first operator's did:key once there is one."""
@@ -83,10 +120,23 @@ class Broker:
         return build_card(self._settings, operator.public_key if operator else None)
 
     def stop(self) -> None:
-        """Answer every pending long-poll with [] and stop watching for other processes."""
-        if self._poller.running:
-            self._poller.stop()
+        """Answer every pending long-poll with [] and stop the timers."""
+        for loop in (self._poller, self._pruner):
+            if loop.running:
+                loop.stop()
         self.waiters.close()
+
+    async def _authorize(self, channel: str, agent: str,
+                         signed: operations.Signed | None) -> None:
+        await self._db.write(operations.authorize_read, channel, agent, signed,
+                             self._clock.seconds(), self.policy)
+
+    def _record_security_event(self, event: dict[str, object]) -> None:
+        content = json.dumps(event, sort_keys=True)
+        written = self._db.write(store.insert_message, SECURITY_CHANNEL, "elipc", content, "",
+                                 self._clock.seconds())
+        written.addCallbacks(lambda _: self.waiters.wake(SECURITY_CHANNEL),
+                             lambda f: log.failure("could not record a security event", f))
 
     def _start_polling(self) -> None:
         if not self._poller.running:
@@ -98,6 +148,43 @@ class Broker:
             self._poller.stop()
             return
         self._db.poll()
+
+    def _prune_nonces(self) -> None:
+        # A nonce matters while its timestamp can still pass the window check: twice the window.
+        cutoff = self._clock.seconds() - 2 * self.policy.window
+        self._db.write(store.forget_nonces, cutoff).addErrback(
+            lambda f: log.failure("could not forget old nonces", f))
+
+
+class SecurityEvents:
+    """Counts every refusal, logs it with named fields, and writes it (at most
+    EVENTS_PER_MINUTE a minute, so a flood cannot fill the disk) to the security channel."""
+
+    def __init__(self, record: Callable[[dict[str, object]], None], clock: IReactorTime) -> None:
+        self._record = record
+        self._clock = clock
+        self.counts: Counter[str] = Counter()
+        self._window_start = -1e18
+        self._written = 0
+        self._suppressed = 0
+
+    def __call__(self, kind: str, reason: str, remote: str, **context: str) -> None:
+        """One refused request: `kind` names it; `context` may hold sender, channel, agent."""
+        self.counts[kind] += 1
+        log.warn("security event {kind}: {reason} (from {remote})", kind=kind, reason=reason,
+                 remote=remote, security=True, **context)
+        now = self._clock.seconds()
+        if now - self._window_start >= 60:
+            self._window_start, self._written = now, 0
+        if self._written >= EVENTS_PER_MINUTE:
+            self._suppressed += 1
+            return
+        self._written += 1
+        event: dict[str, object] = {"kind": kind, "reason": reason, "remote": remote,
+                                    "at": now, **context}
+        if self._suppressed:
+            event["suppressed_before"], self._suppressed = self._suppressed, 0
+        self._record(event)
 
 
 def _health(db: Any, channel: str, agent: str) -> dict[str, object]:

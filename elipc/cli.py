@@ -17,8 +17,15 @@ from collections.abc import Callable
 
 from elipc import __version__, store
 from elipc.config import Settings, prepare_db_location
-from elipc.model import ElipcError, Message, check_content, check_identity, check_name
-from elipc.operations import Rejected, accept_message
+from elipc.model import (
+    ElipcError,
+    Message,
+    check_channel_for_sending,
+    check_content,
+    check_identity,
+    check_name,
+)
+from elipc.operations import Policy, Rejected, Signed, accept_message, register
 
 # How often `read --wait` looks for another process's commit (a cheap PRAGMA data_version).
 COMMIT_POLL_S = 0.01
@@ -81,24 +88,30 @@ def _print_json(value: object, indent: int | None = None) -> None:
 def cmd_send(args: argparse.Namespace) -> None:
     """Store a message; in secure mode it must be signed with the sender's registered key."""
     settings = _settings(args)
-    channel = check_name(args.channel, "channel")
+    channel = check_channel_for_sending(args.channel)
     sender = check_name(args.sender, "sender")
     limit = settings.max_content_bytes
     content = check_content(_content(args.words, limit), limit)
-    signature = _sign(args.key, channel, sender, content) if args.key else ""
+    now = time.time()
+    signed = _sign(args.key, channel, sender, content, int(now)) if args.key else Signed("")
     conn = _open(settings)
+    policy = Policy.from_settings(settings)
     try:
-        message_id = accept_message(conn, channel, sender, content, signature, time.time())
+        message_id, _ = accept_message(conn, channel, sender, content, signed, now, policy)
     except Rejected as e:
         raise CommandError(_explain_rejection(str(e), args.key, sender)) from None
-    _print_json({"ok": True, "id": message_id, "channel": channel, "signed": bool(signature)})
+    if signed.nonce:
+        store.forget_nonces(conn, now - 2 * policy.window)
+    _print_json({"ok": True, "id": message_id, "channel": channel, "signed": bool(args.key)})
 
 
-def _sign(key_file: str, channel: str, sender: str, content: str) -> str:
+def _sign(key_file: str, channel: str, sender: str, content: str, timestamp: int) -> Signed:
     from elipc import identity
 
     key = identity.load_private_key(key_file)
-    return identity.sign(key, identity.send_payload(channel, sender, content))
+    nonce = identity.new_nonce()
+    payload = identity.send_payload(channel, sender, timestamp, nonce, content)
+    return Signed(identity.sign(key, payload), timestamp, nonce)
 
 
 def _explain_rejection(reason: str, key_file: str | None, sender: str) -> str:
@@ -127,10 +140,11 @@ def cmd_read(args: argparse.Namespace) -> None:
     channel = check_name(args.channel, "channel")
     agent = check_name(args.agent, "agent")
     conn = _open(_settings(args))
+    deliver = _verifying_printer(conn, channel) if args.verify else _print_messages
     deadline = time.monotonic() + (args.timeout if args.wait else 0.0)
     while True:
         version = store.data_version(conn)
-        if store.read_unread(conn, channel, agent, deliver=_print_messages):
+        if store.read_unread(conn, channel, agent, deliver=deliver):
             return
         if not args.wait or not _await_commit(conn, version, deadline):
             break
@@ -140,6 +154,21 @@ def cmd_read(args: argparse.Namespace) -> None:
 def _print_messages(messages: list[Message]) -> None:
     # Runs inside the read transaction: if printing fails, the watermark does not move.
     _print_json([m.as_json() for m in messages], indent=2)
+
+
+def _verifying_printer(conn: sqlite3.Connection,
+                       channel: str) -> Callable[[list[Message]], None]:
+    from elipc import identity  # loaded before the read transaction starts
+
+    def deliver(messages: list[Message]) -> None:
+        shapes = []
+        for message in messages:
+            sender = store.get_agent(conn, message.sender)
+            verified = sender is not None and identity.verify_message(
+                sender.public_key, channel, message)
+            shapes.append({**message.as_json(), "verified": verified})
+        _print_json(shapes, indent=2)
+    return deliver
 
 
 def _await_commit(conn: sqlite3.Connection, version: int, deadline: float) -> bool:
@@ -208,21 +237,29 @@ def cmd_register(args: argparse.Namespace) -> None:
     """Register an agent's public key, signed locally with the operator's key file."""
     from elipc import identity
 
+    settings = _settings(args)
     name = check_name(args.name, "agent name")
     operator = check_name(args.operator, "operator")
     agent_identity = check_identity(args.identity)
     public = identity.load_public_key_text(args.pubkey)
     operator_key = identity.load_private_key(args.key)
-    conn = _open(_settings(args))
+    conn = _open(settings)
     entry = store.get_agent(conn, operator)
     if entry is None:
         raise CommandError(f"operator '{operator}' not found")
     if not entry.is_operator:
         raise CommandError(f"'{operator}' is not an operator (role: {entry.role})")
-    payload = identity.register_payload(name, agent_identity, public)
-    if not identity.verify(entry.public_key, payload, identity.sign(operator_key, payload)):
+    if not identity.key_matches(operator_key, entry.public_key):
         raise CommandError(f"{args.key} is not the key of operator '{operator}'")
-    store.register_agent(conn, name, agent_identity, public, operator, time.time())
+    now = time.time()
+    timestamp = int(now)
+    payload = identity.register_payload(name, agent_identity, timestamp, public)
+    signed = Signed(identity.sign(operator_key, payload), timestamp)
+    try:
+        register(conn, name, agent_identity, public, operator, signed, now,
+                 Policy.from_settings(settings))
+    except Rejected as e:
+        raise CommandError(str(e)) from None
     _print_json({"ok": True, "message": f"Agent '{name}' registered by operator '{operator}'"})
 
 
@@ -276,6 +313,8 @@ def _define(sub: argparse.ArgumentParser, command: str) -> None:
         add("channel"), add("agent")
         add("--wait", action="store_true", help="block until a first message arrives")
         add("--timeout", type=_timeout, default=30.0, help="seconds --wait waits (default 30)")
+        add("--verify", action="store_true",
+            help="check each signature against the directory; adds \"verified\"")
     elif command in ("seed", "keygen"):
         if command == "seed":
             add("name")
@@ -293,7 +332,7 @@ def _define(sub: argparse.ArgumentParser, command: str) -> None:
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int | None], str]] = {
     "send": (cmd_send, "send <channel> <from> <msg...> [--key F]: send a message"),
-    "read": (cmd_read, "read <channel> <agent> [--wait [--timeout S]]: read unread messages"),
+    "read": (cmd_read, "read <channel> <agent> [--wait [--timeout S]] [--verify]: read"),
     "channels": (cmd_channels, "channels: list channels"),
     "seed": (cmd_seed, "seed <name> [--out P]: create an operator keypair"),
     "keygen": (cmd_keygen, "keygen [--out P]: generate an Ed25519 keypair"),

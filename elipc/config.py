@@ -15,6 +15,8 @@ DEFAULT_MAX_CONTENT_BYTES = 1024 * 1024
 DEFAULT_WAIT_TIMEOUT = 30.0
 MAX_WAIT_TIMEOUT = 300.0
 MAX_LINGER = 30.0
+DEFAULT_REPLAY_WINDOW = 300.0
+MAX_REPLAY_WINDOW = 24 * 3600.0
 DEFAULT_AGENT_NAME = "el-ipc agent"
 DEFAULT_AGENT_DESC = (
     "Inter-agent message queue: named channels, per-agent read watermarks, "
@@ -32,7 +34,7 @@ class Settings:
     __slots__ = (
         "db_path", "db_path_is_default", "port", "listen", "api_key", "agent_name",
         "agent_desc", "agent_url", "max_content_bytes", "max_body_bytes", "wait_timeout",
-        "linger",
+        "linger", "replay_window", "strict_signatures",
     )
 
     def __init__(self, **values: object) -> None:
@@ -65,6 +67,12 @@ class Settings:
             "max_body_bytes": 0,
             "wait_timeout": DEFAULT_WAIT_TIMEOUT,
             "linger": seconds_setting(env.get("IPC_LINGER") or 0, "IPC_LINGER", MAX_LINGER),
+            "replay_window": seconds_setting(
+                env.get("IPC_REPLAY_WINDOW") or DEFAULT_REPLAY_WINDOW, "IPC_REPLAY_WINDOW",
+                MAX_REPLAY_WINDOW,
+            ),
+            "strict_signatures": _flag(env.get("IPC_STRICT_SIGNATURES", ""),
+                                       "IPC_STRICT_SIGNATURES"),
         }
         values.update(given)
         # JSON may escape content to twice its UTF-8 size (é is 2 bytes, \u00e9 is 6).
@@ -99,6 +107,15 @@ def prepare_db_location(settings: Settings) -> str | None:
             f"{LEGACY_DB_PATH} exists: set IPC_DB_PATH={LEGACY_DB_PATH} to keep using it"
         )
     return None
+
+
+def _flag(value: str, name: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0, not {value!r}")
 
 
 def _int(value: object, name: str) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import secrets
 import tempfile
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from elipc.model import ElipcError
+from elipc.model import ElipcError, Message
 
 SIGNATURE_BYTES = 64
 # multicodec "ed25519-pub" (0xed, as an unsigned varint: 0xed 0x01), per the did:key spec.
@@ -31,16 +32,35 @@ class IdentityError(ElipcError, ValueError):
 
 
 # -- canonical payloads (one place builds each) ------------------------------------------
+# elipc/2 payloads start with "elipc/2 <purpose>", and channels may not start with "elipc/",
+# so no el-ipc payload (which starts with the channel) can ever equal an elipc/2 one, and a
+# signature made for one purpose (send, read, register) is useless for another.
 
 
-def send_payload(channel: str, sender: str, content: str) -> bytes:
-    """el-ipc's signed bytes for a message: UTF-8 of `channel\\nsender\\ncontent`."""
+def send_payload(channel: str, sender: str, timestamp: int, nonce: str, content: str) -> bytes:
+    """elipc/2 send: timestamp and nonce make a captured signature useless for a replay."""
+    return f"elipc/2 send\n{channel}\n{sender}\n{timestamp}\n{nonce}\n{content}".encode("utf-8")
+
+
+def read_payload(channel: str, agent: str, timestamp: int, nonce: str) -> bytes:
+    """elipc/2 read: proves the reader is `agent` before its watermark moves."""
+    return f"elipc/2 read\n{channel}\n{agent}\n{timestamp}\n{nonce}".encode("utf-8")
+
+
+def register_payload(name: str, identity: str, timestamp: int, public_key_pem: str) -> bytes:
+    """elipc/2 register: an operator's authorization of `name`'s key, at `timestamp`."""
+    return (f"elipc/2 register\n{name}\n{identity}\n{timestamp}\n{public_key_pem}"
+            .encode("utf-8"))
+
+
+def legacy_send_payload(channel: str, sender: str, content: str) -> bytes:
+    """el-ipc's signed bytes for a message (replayable; refused in strict mode)."""
     return f"{channel}\n{sender}\n{content}".encode("utf-8")
 
 
-def register_payload(name: str, identity: str, public_key_pem: str) -> bytes:
-    """el-ipc's signed bytes for a registration: `register\\nname\\nidentity\\npublic_key_pem`."""
-    return f"register\n{name}\n{identity}\n{public_key_pem}".encode("utf-8")
+def new_nonce() -> str:
+    """A fresh nonce: 24 characters of A-Za-z0-9_- (144 random bits)."""
+    return secrets.token_urlsafe(18)
 
 
 # -- keys ---------------------------------------------------------------------------------
@@ -187,6 +207,19 @@ def verify(public_key_pem: str, payload: bytes, signature: str) -> bool:
     except (InvalidSignature, IdentityError):
         return False
     return True
+
+
+def verify_message(public_key_pem: str, channel: str, message: Message) -> bool:
+    """Whether `message` on `channel` carries a valid signature by `public_key_pem`: over the
+    elipc/2 payload when it has a nonce, else over el-ipc's."""
+    if not message.signature:
+        return False
+    if message.nonce is not None and message.signed_timestamp is not None:
+        payload = send_payload(channel, message.sender, message.signed_timestamp,
+                               message.nonce, message.content)
+    else:
+        payload = legacy_send_payload(channel, message.sender, message.content)
+    return verify(public_key_pem, payload, message.signature)
 
 
 def key_matches(key: Ed25519PrivateKey, public_key_pem: str) -> bool:

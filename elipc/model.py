@@ -17,22 +17,28 @@ class InvalidInput(ElipcError, ValueError):
 
 
 class Message:
-    """One stored message, rendered in el-ipc's JSON shape by `as_json`."""
+    """One stored message, rendered in el-ipc's JSON shape (plus verification fields)."""
 
-    __slots__ = ("id", "channel", "sender", "content", "created_at", "signature")
+    __slots__ = ("id", "channel", "sender", "content", "created_at", "signature",
+                 "signed_timestamp", "nonce")
 
     def __init__(
-        self, id: int, channel: str, sender: str, content: str, created_at: float, signature: str
+        self, id: int, channel: str, sender: str, content: str, created_at: float,
+        signature: str, signed_timestamp: int | None = None, nonce: str | None = None,
     ) -> None:
         self.id = id
         self.channel = channel
         self.sender = sender
         self.content = content
         self.created_at = created_at
-        self.signature = signature
+        self.signature = signature or ""
+        self.signed_timestamp = signed_timestamp
+        self.nonce = nonce
 
     def as_json(self) -> dict[str, object]:
-        """el-ipc's shape: id, sender, content, timestamp, and `signed` only when signed."""
+        """el-ipc's shape (id, sender, content, timestamp, `signed` when signed), plus what a
+        reader needs to verify: signature, and for elipc/2 signatures signed_timestamp, nonce.
+        """
         shape: dict[str, object] = {
             "id": self.id,
             "sender": self.sender,
@@ -41,17 +47,23 @@ class Message:
         }
         if self.signature:
             shape["signed"] = True
+            shape["signature"] = self.signature
+        if self.nonce is not None:
+            shape["signed_timestamp"] = self.signed_timestamp
+            shape["nonce"] = self.nonce
         return shape
 
 
 class Agent:
     """A directory entry: an operator or an agent an operator registered."""
 
-    __slots__ = ("name", "identity", "public_key", "role", "registered_by", "created_at")
+    __slots__ = ("name", "identity", "public_key", "role", "registered_by", "created_at",
+                 "registration_ts", "registration_signature")
 
     def __init__(
         self, name: str, identity: str, public_key: str, role: str,
-        registered_by: str | None, created_at: float,
+        registered_by: str | None, created_at: float, registration_ts: int = 0,
+        registration_signature: str = "",
     ) -> None:
         self.name = name
         self.identity = identity
@@ -59,6 +71,8 @@ class Agent:
         self.role = role
         self.registered_by = registered_by
         self.created_at = created_at
+        self.registration_ts = registration_ts
+        self.registration_signature = registration_signature
 
     @property
     def is_operator(self) -> bool:
@@ -66,13 +80,14 @@ class Agent:
         return self.role == "operator"
 
     def as_json(self) -> dict[str, object]:
-        """el-ipc's `/agents` shape: no key material."""
+        """el-ipc's `/agents` shape plus the public key (never anything private)."""
         return {
             "name": self.name,
             "identity": self.identity,
             "role": self.role,
             "registered_by": self.registered_by,
             "created_at": self.created_at,
+            "public_key": self.public_key,
         }
 
 
@@ -88,6 +103,22 @@ def check_name(value: object, what: str) -> str:
         raise InvalidInput(f"{what} must not contain control characters")
     _check_utf8(value, what)
     return value
+
+
+RESERVED_PREFIX = "elipc/"
+SECURITY_CHANNEL = "elipc/security"
+
+
+def check_channel_for_sending(value: object) -> str:
+    """A channel a client may send to: a valid name outside the reserved `elipc/` space.
+
+    Reserving the prefix also keeps el-ipc's signed payload (which starts with the channel)
+    from ever equalling an elipc/2 payload (which starts with `elipc/2 `).
+    """
+    channel = check_name(value, "channel")
+    if channel.startswith(RESERVED_PREFIX):
+        raise InvalidInput(f"channel names starting with {RESERVED_PREFIX!r} are reserved")
+    return channel
 
 
 def check_content(value: object, max_bytes: int) -> str:
@@ -107,6 +138,25 @@ def check_identity(value: object) -> str:
     if value == "" or value is None:
         return ""
     return check_name(value, "identity")
+
+
+NONCE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def check_nonce(value: object) -> str:
+    """Return `value` if it is 8 to 64 characters of A-Za-z0-9_-."""
+    if not isinstance(value, str) or not 8 <= len(value) <= 64 or not NONCE_CHARS.issuperset(value):
+        raise InvalidInput("nonce must be 8 to 64 characters of A-Za-z0-9_-")
+    return value
+
+
+def check_timestamp(value: object) -> int:
+    """Return `value` as integer Unix seconds (an int, or a string of digits as in headers)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**12:
+        return value
+    raise InvalidInput("timestamp must be integer Unix seconds")
 
 
 def _is_control(char: str) -> bool:

@@ -44,6 +44,22 @@ UPGRADES: dict[int, tuple[str, ...]] = {
         # Reads are `WHERE channel = ? AND id > ?`; el-ipc scanned the whole table.
         "CREATE INDEX IF NOT EXISTS messages_channel_id ON messages (channel, id)",
     ),
+    2: (
+        # elipc/2 signatures cover a timestamp and a nonce; readers need both to verify.
+        "ALTER TABLE messages ADD COLUMN signed_timestamp INTEGER",
+        "ALTER TABLE messages ADD COLUMN nonce TEXT",
+        # The registration an operator signed, so a replayed older one cannot roll a key back.
+        "ALTER TABLE agents ADD COLUMN registration_ts INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE agents ADD COLUMN registration_signature TEXT NOT NULL DEFAULT ''",
+        # Nonces seen inside the replay window, per scope (a sender's sends, an agent's reads).
+        """CREATE TABLE IF NOT EXISTS nonces (
+            scope    TEXT NOT NULL,
+            nonce    TEXT NOT NULL,
+            seen_at  REAL NOT NULL,
+            PRIMARY KEY (scope, nonce)
+        )""",
+        "CREATE INDEX IF NOT EXISTS nonces_seen_at ON nonces (seen_at)",
+    ),
 }
 
 CURRENT_VERSION = max(UPGRADES)

@@ -23,8 +23,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 Deliver = Callable[[list[Message]], None]
 
 BUSY_TIMEOUT_S = 10.0
-_MESSAGE_COLUMNS = "id, channel, sender, content, created_at, signature"
-_AGENT_COLUMNS = "name, identity, public_key, role, registered_by, created_at"
+_MESSAGE_COLUMNS = "id, channel, sender, content, created_at, signature, signed_timestamp, nonce"
+_AGENT_COLUMNS = (
+    "name, identity, public_key, role, registered_by, created_at, registration_ts, "
+    "registration_signature"
+)
 
 
 class StorageError(ElipcError):
@@ -261,27 +264,49 @@ def channels_after(db: Any, message_id: int) -> tuple[int, set[str]]:
 # -- messages and watermarks -------------------------------------------------------------
 
 
+MessageRow = tuple[str, str, str, str, "int | None", "str | None"]
+
+
 @_guarded
-def insert_messages(
-    db: Any, messages: Iterable[tuple[str, str, str, str]], now: float
-) -> list[int]:
-    """Store (channel, sender, content, signature) rows in one transaction; return their ids."""
+def insert_messages(db: Any, messages: Iterable[MessageRow], now: float) -> list[int]:
+    """Store (channel, sender, content, signature, signed_timestamp, nonce) rows in one
+    transaction; return their ids."""
     with _Write(db):
         return [
             db.execute(
-                "INSERT INTO messages (channel, sender, content, created_at, signature) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (channel, sender, content, now, signature),
+                "INSERT INTO messages (channel, sender, content, created_at, signature, "
+                "signed_timestamp, nonce) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (channel, sender, content, now, signature, signed_timestamp, nonce),
             ).lastrowid
-            for channel, sender, content, signature in messages
+            for channel, sender, content, signature, signed_timestamp, nonce in messages
         ]
 
 
 def insert_message(
-    db: Any, channel: str, sender: str, content: str, signature: str, now: float
+    db: Any, channel: str, sender: str, content: str, signature: str, now: float,
+    signed_timestamp: int | None = None, nonce: str | None = None,
 ) -> int:
     """Store one message and return its id."""
-    return insert_messages(db, [(channel, sender, content, signature)], now)[0]
+    row = (channel, sender, content, signature, signed_timestamp, nonce)
+    return insert_messages(db, [row], now)[0]
+
+
+@_guarded
+def remember_nonce(db: Any, scope: str, nonce: str, now: float) -> bool:
+    """Record `nonce` as used in `scope`; False if it was already recorded (a replay)."""
+    with _Write(db):
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO nonces (scope, nonce, seen_at) VALUES (?, ?, ?)",
+            (scope, nonce, now),
+        )
+        return bool(cursor.rowcount)
+
+
+@_guarded
+def forget_nonces(db: Any, seen_before: float) -> int:
+    """Drop nonces recorded before `seen_before` (outside the replay window); return how many."""
+    with _Write(db):
+        return int(db.execute("DELETE FROM nonces WHERE seen_at < ?", (seen_before,)).rowcount)
 
 
 @_guarded
@@ -410,23 +435,28 @@ def add_operator(
 
 @_guarded
 def register_agent(
-    db: Any, name: str, identity: str, public_key: str, operator: str, now: float
+    db: Any, name: str, identity: str, public_key: str, operator: str, now: float,
+    registration_ts: int = 0, registration_signature: str = "",
 ) -> None:
     """Store or replace agent `name`, registered by `operator` (which must still be one).
 
-    The caller has checked the operator's signature; an operator's own entry is never replaced.
+    The caller has checked the operator's signature. An operator's own entry is never
+    replaced, nor a registration by one signed later than this one (a replayed old
+    registration must not roll a rotated key back).
     """
     with _Write(db):
-        authority = _role(db, operator)
-        if authority != "operator":
+        if _role(db, operator) != "operator":
             raise Conflict(f"'{operator}' is not an operator")
-        if _role(db, name) == "operator":
+        current = get_agent(db, name)
+        if current is not None and current.is_operator:
             raise Conflict(f"'{name}' is an operator and cannot be registered as an agent")
+        if current is not None and registration_ts and current.registration_ts >= registration_ts:
+            raise Conflict(f"a registration of '{name}' signed at or after that time exists")
         db.execute(
-            "INSERT OR REPLACE INTO agents "
-            "(name, identity, public_key, role, registered_by, created_at) "
-            "VALUES (?, ?, ?, 'agent', ?, ?)",
-            (name, identity, public_key, operator, now),
+            "INSERT OR REPLACE INTO agents (name, identity, public_key, role, registered_by, "
+            "created_at, registration_ts, registration_signature) "
+            "VALUES (?, ?, ?, 'agent', ?, ?, ?, ?)",
+            (name, identity, public_key, operator, now, registration_ts, registration_signature),
         )
 
 

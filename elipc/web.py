@@ -1,35 +1,41 @@
 """The HTTP API: a Klein app whose routes parse, call one broker method, and render JSON.
 
 Every error is `{"error": "..."}` with a 4xx status saying what was wrong (5xx only for the
-server's own faults). The site's request and channel classes refuse oversized or malformed
-requests before the routes see them, also with JSON.
+server's own faults). site.py refuses what never reaches a route, also with JSON.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import math
-from urllib.parse import unquote_to_bytes
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
-from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from elipc.broker import Broker
 from elipc.config import MAX_LINGER, MAX_WAIT_TIMEOUT, Settings
-from elipc.model import InvalidInput, check_content, check_name
-from elipc.operations import Rejected
+from elipc.identity import IdentityError, decode_signature, did_key, parse_public_key
+from elipc.model import (
+    InvalidInput,
+    check_channel_for_sending,
+    check_content,
+    check_identity,
+    check_name,
+    check_nonce,
+    check_timestamp,
+)
+from elipc.operations import Rejected, Signed
+from elipc.site import ElipcSite, Front, json_bytes, remote_address
 from elipc.store import StorageError
 
 log = Logger(namespace="elipc.web")
+READ_HEADERS = (b"x-elipc-timestamp", b"x-elipc-nonce", b"x-elipc-signature")
 
 
 class HttpError(Exception):
@@ -38,21 +44,6 @@ class HttpError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-def json_bytes(request: IRequest, status: int, value: object) -> bytes:
-    """Set `status` and the JSON content type; return `value` encoded."""
-    body = json.dumps(value).encode("utf-8")
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"application/json")
-    request.setHeader(b"Content-Length", b"%d" % len(body))
-    return body
-
-
-def remote_address(request: IRequest) -> str:
-    """The peer's address for logs: host for TCP, the socket path or '-' otherwise."""
-    address = request.getClientAddress()
-    return str(getattr(address, "host", None) or getattr(address, "name", None) or "-")
 
 
 class HttpApi:
@@ -66,17 +57,37 @@ class HttpApi:
 
     @app.route("/send", methods=["POST"])
     async def send(self, request: IRequest) -> bytes:
-        """POST /send {channel, sender, content, signature?} -> {ok, id}."""
+        """POST /send {channel, sender, content, signature?, timestamp?, nonce?} -> {ok, id}."""
         _params(request)
         body = _json_object(request)
-        channel = check_name(_required(body, "channel"), "channel")
+        channel = check_channel_for_sending(_required(body, "channel"))
         sender = check_name(_required(body, "sender"), "sender")
+        _context(request, sender=sender, channel=channel)
         content = _content(_required(body, "content"), self.settings.max_content_bytes)
-        signature = body.get("signature") or ""
-        if not isinstance(signature, str):
-            raise InvalidInput("signature must be a string")
-        message_id = await self.broker.send(channel, sender, content, signature)
+        signed = _signed(body.get("signature"), body.get("timestamp"), body.get("nonce"))
+        message_id = await self.broker.send(channel, sender, content, signed)
         return json_bytes(request, 200, {"ok": True, "id": message_id})
+
+    @app.route("/register", methods=["POST"])
+    async def register(self, request: IRequest) -> bytes:
+        """POST /register {name, public_key, identity?, operator, timestamp,
+        operator_signature}: an operator's locally signed authorization of an agent's key."""
+        _params(request)
+        body = _json_object(request)
+        if "operator_key" in body:
+            # Never echo or log it: the point is that it should not have been sent at all.
+            raise InvalidInput("never send a private key: sign the registration locally "
+                               "(elipc register) and send operator_signature instead")
+        name = check_name(body.get("name"), "name")
+        operator = check_name(body.get("operator"), "operator")
+        _context(request, agent=name, operator=operator)
+        public_key = _public_key(body.get("public_key"))
+        signed = Signed(_signature(body.get("operator_signature"), "operator_signature"),
+                        check_timestamp(body.get("timestamp")))
+        agent_identity = check_identity(body.get("identity", ""))
+        await self.broker.register(name, agent_identity, public_key, operator, signed)
+        return json_bytes(request, 200, {
+            "ok": True, "message": f"Agent '{name}' registered by operator '{operator}'"})
 
     @app.route("/messages", methods=["GET"])
     async def messages(self, request: IRequest) -> bytes:
@@ -84,9 +95,11 @@ class HttpApi:
         params = _params(request, "channel", "agent", "wait", "timeout", "linger")
         if not params.get("channel") or not params.get("agent"):
             raise InvalidInput("channel and agent params required")
+        channel = check_name(params["channel"], "channel")
+        agent = check_name(params["agent"], "agent")
+        _context(request, agent=agent, channel=channel)
         messages = await self.broker.read(
-            check_name(params["channel"], "channel"),
-            check_name(params["agent"], "agent"),
+            channel, agent, _read_signature(request),
             wait=_flag(params.get("wait", ""), "wait"),
             timeout=_seconds(params, "timeout", self.settings.wait_timeout, MAX_WAIT_TIMEOUT),
             linger=_seconds(params, "linger", self.settings.linger, MAX_LINGER),
@@ -101,20 +114,24 @@ class HttpApi:
 
     @app.route("/agents", methods=["GET"])
     async def agents(self, request: IRequest) -> bytes:
-        """GET /agents -> [{name, identity, role, registered_by, created_at}] (no keys)."""
+        """GET /agents -> [{name, identity, role, registered_by, created_at, public_key, did}]."""
         _params(request)
-        return json_bytes(request, 200, [a.as_json() for a in await self.broker.agents()])
+        agents = await self.broker.agents()
+        return json_bytes(request, 200, [{**a.as_json(), "did": _did(a.public_key)}
+                                         for a in agents])
 
     @app.route("/health", methods=["GET"])
     async def health(self, request: IRequest) -> bytes:
-        """GET /health[?channel&agent] -> {status, pending, secure_mode}."""
+        """GET /health[?channel&agent] -> {status, pending, secure_mode, security_events}."""
         params = _params(request, "channel", "agent")
         channel, agent = params.get("channel", ""), params.get("agent", "")
         if channel:
             check_name(channel, "channel")
         if agent:
             check_name(agent, "agent")
-        return json_bytes(request, 200, await self.broker.health(channel, agent))
+        _context(request, agent=agent, channel=channel)
+        signed = _read_signature(request) if channel and agent else None
+        return json_bytes(request, 200, await self.broker.health(channel, agent, signed))
 
     @app.route("/.well-known/agent-card.json", methods=["GET"])
     async def agent_card(self, request: IRequest) -> bytes:
@@ -132,11 +149,10 @@ class HttpApi:
 
     @app.handle_errors(Rejected)
     def rejected(self, request: IRequest, failure: Failure) -> bytes:
-        log.warn(
-            "security event {kind}: {reason} (from {remote})", kind=failure.value.kind,
-            reason=str(failure.value), remote=remote_address(request), security=True,
-        )
-        return json_bytes(request, 403, {"error": str(failure.value)})
+        refusal = failure.value
+        self.broker.security(refusal.kind, str(refusal), remote_address(request),
+                             **getattr(request, "elipc_context", {}))
+        return json_bytes(request, refusal.status, {"error": str(refusal)})
 
     @app.handle_errors(NotFound)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:
@@ -231,6 +247,62 @@ def _json_object(request: IRequest) -> dict[str, Any]:
     return body
 
 
+def _context(request: IRequest, **fields: str) -> None:
+    # What a security event should say about this request (names only, never secrets).
+    request.elipc_context = {k: v for k, v in fields.items() if v}  # type: ignore[attr-defined]
+
+
+def _signature(value: Any, field: str) -> str:
+    if not isinstance(value, str) or decode_signature(value) is None:
+        raise InvalidInput(f"{field} must be base64 of a 64-byte Ed25519 signature")
+    return value
+
+
+def _signed(signature: Any, timestamp: Any, nonce: Any) -> Signed:
+    """A send's signature fields: none, el-ipc's signature alone, or elipc/2's three."""
+    if signature in (None, ""):
+        if timestamp is not None or nonce is not None:
+            raise InvalidInput("timestamp and nonce come with a signature")
+        return Signed("")
+    if (timestamp is None) != (nonce is None):
+        raise InvalidInput("timestamp and nonce go together")
+    if timestamp is None:
+        return Signed(_signature(signature, "signature"))
+    return Signed(_signature(signature, "signature"), check_timestamp(timestamp),
+                  check_nonce(nonce))
+
+
+def _read_signature(request: IRequest) -> Signed | None:
+    """The X-Elipc-* headers of a signed read, or None when there are none."""
+    values = [request.getHeader(name) for name in READ_HEADERS]
+    if all(v is None for v in values):
+        return None
+    if any(v is None for v in values):
+        raise InvalidInput("a signed read needs all of X-Elipc-Timestamp, X-Elipc-Nonce and "
+                           "X-Elipc-Signature")
+    timestamp, nonce, signature = (v.decode("ascii", "replace") for v in values)
+    return Signed(_signature(signature, "X-Elipc-Signature"), check_timestamp(timestamp),
+                  check_nonce(nonce))
+
+
+def _public_key(value: Any) -> str:
+    # Kept exactly as sent: the operator signed these very characters.
+    if not isinstance(value, str):
+        raise InvalidInput("public_key must be a PEM string")
+    try:
+        parse_public_key(value)
+    except IdentityError:
+        raise InvalidInput("public_key is not an Ed25519 public key (PEM)") from None
+    return value
+
+
+def _did(public_key: str) -> str | None:
+    try:
+        return did_key(public_key)
+    except IdentityError:
+        return None  # an entry el-ipc stored without a usable key
+
+
 def _required(body: dict[str, Any], field: str) -> Any:
     value = body.get(field)
     if value is None or value == "":
@@ -247,131 +319,9 @@ def _content(value: Any, limit: int) -> str:
         raise
 
 
-# -- the site: requests, connections, API key, logging ---------------------------------------
-
-
-class ElipcRequest(Request):
-    """A request that stops buffering its body past the site's limit (answered 413)."""
-
-    too_large = False
-    started = 0.0
-
-    def gotLength(self, length: int | None) -> None:
-        # Kept here: Twisted clears request.channel when the connection goes.
-        self.elipc_site: ElipcSite = self.channel.site
-        self.started = self.elipc_site.clock.seconds()
-        self._body_budget = self.elipc_site.max_body_bytes
-        super().gotLength(length)
-
-    def handleContentChunk(self, data: bytes) -> None:
-        self._body_budget -= len(data)
-        if self._body_budget < 0:
-            self.too_large = True  # drop the rest; process() answers 413
-        else:
-            super().handleContentChunk(data)
-
-
-class ElipcChannel(HTTPChannel):
-    """HTTP/1.1 whose own refusals (bad framing, declared oversize body) are JSON too."""
-
-    site: ElipcSite  # set by Site.buildProtocol
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        # Answers are small and a client waits for each: never let Nagle hold one back.
-        if hasattr(self.transport, "setTcpNoDelay"):
-            self.transport.setTcpNoDelay(True)
-
-    def allHeadersReceived(self) -> None:
-        if self.length is not None and self.length > self.site.max_body_bytes:
-            self._refuse(413, f"request body is over the limit of {self.site.max_body_bytes} bytes")
-            return
-        super().allHeadersReceived()
-
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # Twisted's own answer to malformed framing is a bare 400; keep the API's JSON shape.
-        self._refuse(400, "malformed HTTP request (request line, headers or Content-Length)")
-
-    def _refuse(self, status: int, message: str) -> None:
-        body = json.dumps({"error": message}).encode("utf-8")
-        reason = {400: b"Bad Request", 413: b"Content Too Large"}[status]
-        self.transport.write(
-            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-            b"Connection: close\r\n\r\n%s" % (status, reason, len(body), body)
-        )
-        log.info("refused {status} from {remote}: {reason}", status=status, reason=message,
-                 remote=str(getattr(self.transport.getPeer(), "host", "-")))
-        # Drop whatever else this client sends, as Twisted does after a non-persistent request.
-        self.dataReceived = self.lineReceived = self.rawDataReceived = _ignore  # type: ignore
-        self.loseConnection()
-
-
-def _ignore(*args: object) -> None:
-    return None
-
-
-class _Front(Resource):
-    """The site's root: body-size and API-key checks, then the Klein app."""
-
-    isLeaf = True
-
-    def __init__(self, app: Resource, api_key: str) -> None:
-        super().__init__()
-        self._app = app
-        self._expected = f"Bearer {api_key}".encode("utf-8") if api_key else b""
-
-    def render(self, request: ElipcRequest) -> Any:
-        request.notifyFinish().addErrback(_log_gone, request)
-        if request.too_large:
-            limit = request.elipc_site.max_body_bytes
-            return json_bytes(request, 413, {"error": f"request body is over the limit of {limit} bytes"})
-        if self._expected and not self._authorized(request):
-            log.warn("security event api_key: missing or wrong API key (from {remote})",
-                     kind="api_key", remote=remote_address(request), security=True)
-            return json_bytes(request, 401, {"error": "unauthorized"})
-        return self._app.render(request)
-
-    def _authorized(self, request: IRequest) -> bool:
-        given = request.getHeader(b"authorization") or b""
-        # Constant time, whatever the length or content of what was sent.
-        return hmac.compare_digest(given, self._expected)
-
-
-def _log_gone(failure: Failure, request: ElipcRequest) -> None:
-    log.info("{method} {path} client went away after {duration_ms} ms",
-             method=request.method.decode("ascii", "replace"),
-             path=request.path.decode("utf-8", "replace"),
-             duration_ms=_elapsed_ms(request), remote=remote_address(request))
-
-
-def _elapsed_ms(request: ElipcRequest) -> float:
-    return round((request.elipc_site.clock.seconds() - request.started) * 1000, 2)
-
-
-class ElipcSite(Site):
-    """The HTTP site: elipc's request and channel classes and one log line per request."""
-
-    requestFactory = ElipcRequest
-    protocol = ElipcChannel  # plain HTTP/1.1 (no HTTP/2 negotiation)
-    displayTracebacks = False
-
-    def __init__(self, resource: Resource, clock: IReactorTime, max_body_bytes: int) -> None:
-        # No form parsing: bodies are JSON, and Twisted's Content-Type parse (the email
-        # package) cost a fifth of the server's CPU per send.
-        super().__init__(resource, parsePOSTFormSubmission=False)
-        self.clock = clock
-        self.max_body_bytes = max_body_bytes
-
-    def log(self, request: ElipcRequest) -> None:
-        # Method, path (never the query or headers: no secrets), status, duration.
-        log.info("{method} {path} {status} {duration_ms} ms",
-                 method=request.method.decode("ascii", "replace"),
-                 path=request.path.decode("utf-8", "replace"), status=request.code,
-                 duration_ms=_elapsed_ms(request), remote=remote_address(request))
-
-
 def make_site(broker: Broker, settings: Settings, clock: IReactorTime) -> ElipcSite:
     """The complete HTTP site for `broker`."""
     api = HttpApi(broker, settings)
-    return ElipcSite(_Front(api.app.resource(), settings.api_key), clock, settings.max_body_bytes)
+    front = Front(api.app.resource(), settings.api_key, broker.security)
+    return ElipcSite(front, clock, settings.max_body_bytes)
 

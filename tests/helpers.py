@@ -143,6 +143,7 @@ class Server:
         self.dir = temp_dir(case)
         self.path = os.path.join(self.dir, "ipc.db")
         self.clock = Clock()
+        self.clock.advance(1_700_000_000)  # signatures carry real Unix times
         self.settings = Settings.from_env({"IPC_DB_PATH": self.path, **environ})
         self.writer, self.reader = SynchronousPool(self.path), SynchronousPool(self.path)
         case.addCleanup(self.writer.close)
@@ -158,3 +159,45 @@ class Server:
 
     def url(self, path: str) -> str:
         return "http://127.0.0.1:9876" + path
+
+
+class Keyholder:
+    """An Ed25519 identity for tests, with the signing a well-behaved client does."""
+
+    def __init__(self, name: str) -> None:
+        from elipc import identity
+
+        self.name = name
+        private, self.public = identity.generate_keypair()
+        self.key = identity.parse_private_key(private)
+
+    def send_body(self, channel: str, content: str, timestamp: int,
+                  nonce: str | None = None) -> dict[str, Any]:
+        """A /send body signed the elipc/2 way."""
+        from elipc import identity
+
+        nonce = nonce or identity.new_nonce()
+        payload = identity.send_payload(channel, self.name, timestamp, nonce, content)
+        return {"channel": channel, "sender": self.name, "content": content,
+                "timestamp": timestamp, "nonce": nonce,
+                "signature": identity.sign(self.key, payload)}
+
+    def read_headers(self, channel: str, timestamp: int,
+                     nonce: str | None = None, agent: str | None = None) -> dict[str, list[str]]:
+        """X-Elipc-* headers signing a read of `channel` as `agent` (default: self)."""
+        from elipc import identity
+
+        nonce = nonce or identity.new_nonce()
+        payload = identity.read_payload(channel, agent or self.name, timestamp, nonce)
+        return {"X-Elipc-Timestamp": [str(timestamp)], "X-Elipc-Nonce": [nonce],
+                "X-Elipc-Signature": [identity.sign(self.key, payload)]}
+
+    def registration(self, name: str, public_key: str, timestamp: int,
+                     agent_identity: str = "") -> dict[str, Any]:
+        """A /register body for `name`, signed by this (operator) key."""
+        from elipc import identity
+
+        payload = identity.register_payload(name, agent_identity, timestamp, public_key)
+        return {"name": name, "public_key": public_key, "identity": agent_identity,
+                "operator": self.name, "timestamp": timestamp,
+                "operator_signature": identity.sign(self.key, payload)}

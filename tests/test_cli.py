@@ -12,7 +12,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from elipc import identity, schema, store
+from elipc import identity, schema
 from tests.helpers import (
     SUBPROCESS_TIMEOUT_S,
     cli_env,
@@ -234,12 +234,15 @@ class SecureModeTests(CliCase):
         self.assertEqual(self.ok("read", "c", "x").json()[0]["signed"], True)
 
     def test_stored_signature_verifies(self) -> None:
-        """The stored signature is el-ipc's: over channel, sender and content."""
+        """The CLI signs the elipc/2 payload; the stored signature, timestamp and nonce verify."""
         self.ok("send", "c", "herald", "hi there", "--key", "herald.key")
-        (signature,) = raw_rows(self.db, "SELECT signature FROM messages")[0]
+        signature, timestamp, nonce = raw_rows(
+            self.db, "SELECT signature, signed_timestamp, nonce FROM messages")[0]
         with open(os.path.join(self.dir, "herald.pub")) as f:
             public = f.read()
-        self.assertTrue(identity.verify(public, b"c\nherald\nhi there", signature))
+        payload = identity.send_payload("c", "herald", timestamp, nonce, "hi there")
+        self.assertTrue(identity.verify(public, payload, signature))
+        self.assertLess(abs(timestamp - time.time()), 60)
 
     def test_unsigned_send_rejected(self) -> None:
         """Without --key the send fails and nothing is stored."""

@@ -55,7 +55,8 @@ class DatabaseTests(TestCase):
         store.add_operator(conn, "op", "PEM", 1.0)
         conn.close()
         good = self.db.write(store.insert_message, "c", "a", "ok", "", 1.0)
-        refused = self.db.write(operations.accept_message, "c", "a", "no", "", 1.0)
+        refused = self.db.write(operations.accept_message, "c", "a", "no",
+                                operations.Signed(""), 1.0, operations.Policy())
         later = self.db.write(store.insert_message, "c", "a", "ok too", "", 1.0)
         self.assertEqual(await good, 1)
         with self.assertRaises(operations.Rejected):

@@ -38,18 +38,29 @@ class SignatureTests(SynchronousTestCase):
         private, self.public = identity.generate_keypair()
         self.key = identity.parse_private_key(private)
 
-    def test_payloads_are_el_ipc_bytes(self) -> None:
-        """Send and register payloads are el-ipc's newline-joined UTF-8."""
-        self.assertEqual(identity.send_payload("c", "s", "hé"), "c\ns\nhé".encode())
-        self.assertEqual(identity.register_payload("n", "i", "PEM"), b"register\nn\ni\nPEM")
+    def test_payloads_byte_for_byte(self) -> None:
+        """Each payload is the documented newline-joined UTF-8, starting with its purpose."""
+        self.assertEqual(identity.legacy_send_payload("c", "s", "hé"), "c\ns\nhé".encode())
+        self.assertEqual(identity.send_payload("c", "s", 1700000000, "n0nce-123", "hé"),
+                         "elipc/2 send\nc\ns\n1700000000\nn0nce-123\nhé".encode())
+        self.assertEqual(identity.read_payload("c", "a", 1700000000, "n0nce-123"),
+                         b"elipc/2 read\nc\na\n1700000000\nn0nce-123")
+        self.assertEqual(identity.register_payload("n", "i", 1700000000, "PEM"),
+                         b"elipc/2 register\nn\ni\n1700000000\nPEM")
+
+    def test_nonces(self) -> None:
+        """New nonces are 24 URL-safe characters and never repeat."""
+        nonces = {identity.new_nonce() for _ in range(1000)}
+        self.assertEqual(len(nonces), 1000)
+        self.assertTrue(all(len(n) == 24 for n in nonces))
 
     def test_sign_verify(self) -> None:
         """A signature verifies for its payload and key, and for nothing else."""
-        payload = identity.send_payload("c", "s", "x")
+        payload = identity.legacy_send_payload("c", "s", "x")
         signature = identity.sign(self.key, payload)
         self.assertEqual(len(base64.b64decode(signature)), 64)
         self.assertTrue(identity.verify(self.public, payload, signature))
-        self.assertFalse(identity.verify(self.public, identity.send_payload("c", "s", "y"),
+        self.assertFalse(identity.verify(self.public, identity.legacy_send_payload("c", "s", "y"),
                                          signature))
         _, other = identity.generate_keypair()
         self.assertFalse(identity.verify(other, payload, signature))

@@ -108,7 +108,8 @@ class WatermarkTests(StoreCase):
     def test_batch_insert_is_atomic(self) -> None:
         """A batch either stores every message or, on failure, none."""
         with self.assertRaises(store.StorageError):
-            store.insert_messages(self.db, [("c", "a", "ok", ""), ("c", "a", None, "")], 1.0)
+            store.insert_messages(self.db, [("c", "a", "ok", "", None, None),
+                                           ("c", "a", None, "", None, None)], 1.0)
         self.assertEqual(store.list_channels(self.db), [])
 
     def test_channels(self) -> None:

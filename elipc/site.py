@@ -1,0 +1,157 @@
+"""The HTTP site around the Klein app: elipc's request, channel and root resource.
+
+They refuse what never reaches a route (oversized or malformed requests, a missing API key)
+with the same JSON errors, and log one line per request.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+log = Logger(namespace="elipc.web")
+
+
+def json_bytes(request: IRequest, status: int, value: object) -> bytes:
+    """Set `status` and the JSON content type; return `value` encoded."""
+    body = json.dumps(value).encode("utf-8")
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
+
+
+def remote_address(request: IRequest) -> str:
+    """The peer's address for logs: host for TCP, the socket path or '-' otherwise."""
+    address = request.getClientAddress()
+    return str(getattr(address, "host", None) or getattr(address, "name", None) or "-")
+
+
+class ElipcRequest(Request):
+    """A request that stops buffering its body past the site's limit (answered 413)."""
+
+    too_large = False
+    started = 0.0
+
+    def gotLength(self, length: int | None) -> None:
+        # Kept here: Twisted clears request.channel when the connection goes.
+        self.elipc_site: ElipcSite = self.channel.site
+        self.started = self.elipc_site.clock.seconds()
+        self._body_budget = self.elipc_site.max_body_bytes
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._body_budget -= len(data)
+        if self._body_budget < 0:
+            self.too_large = True  # drop the rest; process() answers 413
+        else:
+            super().handleContentChunk(data)
+
+
+class ElipcChannel(HTTPChannel):
+    """HTTP/1.1 whose own refusals (bad framing, declared oversize body) are JSON too."""
+
+    site: ElipcSite  # set by Site.buildProtocol
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # Answers are small and a client waits for each: never let Nagle hold one back.
+        if hasattr(self.transport, "setTcpNoDelay"):
+            self.transport.setTcpNoDelay(True)
+
+    def allHeadersReceived(self) -> None:
+        if self.length is not None and self.length > self.site.max_body_bytes:
+            self._refuse(413, f"request body is over the limit of {self.site.max_body_bytes} bytes")
+            return
+        super().allHeadersReceived()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's own answer to malformed framing is a bare 400; keep the API's JSON shape.
+        self._refuse(400, "malformed HTTP request (request line, headers or Content-Length)")
+
+    def _refuse(self, status: int, message: str) -> None:
+        body = json.dumps({"error": message}).encode("utf-8")
+        reason = {400: b"Bad Request", 413: b"Content Too Large"}[status]
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%s" % (status, reason, len(body), body)
+        )
+        log.info("refused {status} from {remote}: {reason}", status=status, reason=message,
+                 remote=str(getattr(self.transport.getPeer(), "host", "-")))
+        # Drop whatever else this client sends, as Twisted does after a non-persistent request.
+        self.dataReceived = self.lineReceived = self.rawDataReceived = _ignore  # type: ignore
+        self.loseConnection()
+
+
+def _ignore(*args: object) -> None:
+    return None
+
+
+class Front(Resource):
+    """The site's root: body-size and API-key checks, then the Klein app."""
+
+    isLeaf = True
+
+    def __init__(self, app: Resource, api_key: str, security: Callable[..., None]) -> None:
+        super().__init__()
+        self._app = app
+        self._security = security
+        self._expected = f"Bearer {api_key}".encode("utf-8") if api_key else b""
+
+    def render(self, request: ElipcRequest) -> Any:
+        request.notifyFinish().addErrback(_log_gone, request)
+        if request.too_large:
+            limit = request.elipc_site.max_body_bytes
+            return json_bytes(request, 413, {"error": f"request body is over the limit of {limit} bytes"})
+        if self._expected and not self._authorized(request):
+            self._security("api_key", "missing or wrong API key", remote_address(request))
+            return json_bytes(request, 401, {"error": "unauthorized"})
+        return self._app.render(request)
+
+    def _authorized(self, request: IRequest) -> bool:
+        given = request.getHeader(b"authorization") or b""
+        # Constant time, whatever the length or content of what was sent.
+        return hmac.compare_digest(given, self._expected)
+
+
+def _log_gone(failure: Failure, request: ElipcRequest) -> None:
+    log.info("{method} {path} client went away after {duration_ms} ms",
+             method=request.method.decode("ascii", "replace"),
+             path=request.path.decode("utf-8", "replace"),
+             duration_ms=_elapsed_ms(request), remote=remote_address(request))
+
+
+def _elapsed_ms(request: ElipcRequest) -> float:
+    return round((request.elipc_site.clock.seconds() - request.started) * 1000, 2)
+
+
+class ElipcSite(Site):
+    """The HTTP site: elipc's request and channel classes and one log line per request."""
+
+    requestFactory = ElipcRequest
+    protocol = ElipcChannel  # plain HTTP/1.1 (no HTTP/2 negotiation)
+    displayTracebacks = False
+
+    def __init__(self, resource: Resource, clock: IReactorTime, max_body_bytes: int) -> None:
+        # No form parsing: bodies are JSON, and Twisted's Content-Type parse (the email
+        # package) cost a fifth of the server's CPU per send.
+        super().__init__(resource, parsePOSTFormSubmission=False)
+        self.clock = clock
+        self.max_body_bytes = max_body_bytes
+
+    def log(self, request: ElipcRequest) -> None:
+        # Method, path (never the query or headers: no secrets), status, duration.
+        log.info("{method} {path} {status} {duration_ms} ms",
+                 method=request.method.decode("ascii", "replace"),
+                 path=request.path.decode("utf-8", "replace"), status=request.code,
+                 duration_ms=_elapsed_ms(request), remote=remote_address(request))
