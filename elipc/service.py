@@ -18,7 +18,14 @@ from twisted.python.failure import Failure
 
 from elipc import __version__, store
 from elipc.broker import Broker
-from elipc.config import MAX_LINGER, ConfigError, Settings, prepare_db_location, seconds_setting
+from elipc.config import (
+    MAX_LINGER,
+    MAX_REPLAY_WINDOW,
+    ConfigError,
+    Settings,
+    prepare_db_location,
+    seconds_setting,
+)
 from elipc.database import Database, sqlite_pool
 from elipc.web import make_site
 
@@ -41,6 +48,11 @@ class Options(usage.Options):
         ["agent-name", None, None, "name in the agent card (default IPC_AGENT_NAME)"],
         ["agent-desc", None, None, "description in the agent card (default IPC_AGENT_DESC)"],
         ["agent-url", None, None, "public URL in the agent card (default IPC_AGENT_URL)"],
+        ["replay-window", None, None, "seconds a signed timestamp stays valid (default 300)"],
+    ]
+    optFlags = [
+        ["strict-signatures", None,
+         "refuse el-ipc's replayable signatures (default IPC_STRICT_SIGNATURES)"],
     ]
 
     def postOptions(self) -> None:
@@ -59,6 +71,11 @@ def settings_from(options: Any, environ: dict[str, str] | None = None) -> Settin
         settings.listen = listen
     if options["linger"] is not None:
         settings.linger = seconds_setting(options["linger"], "--linger", MAX_LINGER)
+    if options["replay-window"] is not None:
+        settings.replay_window = seconds_setting(options["replay-window"], "--replay-window",
+                                                 MAX_REPLAY_WINDOW)
+    if options["strict-signatures"]:
+        settings.strict_signatures = True
     for option, name in (("agent-name", "agent_name"), ("agent-desc", "agent_desc"),
                          ("agent-url", "agent_url")):
         if options[option]:
@@ -79,6 +96,7 @@ class ElipcService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        self.broker.start()
         # Everything loaded so far lives as long as the process: keep the cyclic collector's
         # full passes from walking it again and again (they showed as 25-30 ms stalls).
         gc.freeze()
@@ -89,8 +107,11 @@ class ElipcService(MultiService):
         self.port = port
         log.info(
             "elipc {version} listening on {address}; database {db}; API key {api_key}; "
-            "linger {linger} s", version=__version__, address=_describe(port.getHost()),
+            "linger {linger} s; signatures {signatures}; replay window {window} s",
+            version=__version__, address=_describe(port.getHost()),
             db=self.settings.db_path, linger=self.settings.linger,
+            signatures="strict" if self.settings.strict_signatures else "el-ipc accepted",
+            window=self.settings.replay_window,
             api_key="required" if self.settings.api_key else "not set",
         )
 

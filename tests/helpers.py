@@ -164,12 +164,16 @@ class Server:
 class Keyholder:
     """An Ed25519 identity for tests, with the signing a well-behaved client does."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, key_file: str | None = None) -> None:
         from elipc import identity
 
         self.name = name
-        private, self.public = identity.generate_keypair()
-        self.key = identity.parse_private_key(private)
+        if key_file is None:
+            private, self.public = identity.generate_keypair()
+            self.key = identity.parse_private_key(private)
+        else:  # keys the real CLI wrote
+            self.key = identity.load_private_key(key_file)
+            self.public = identity.public_pem(self.key.public_key())
 
     def send_body(self, channel: str, content: str, timestamp: int,
                   nonce: str | None = None) -> dict[str, Any]:

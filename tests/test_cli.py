@@ -261,6 +261,40 @@ class SecureModeTests(CliCase):
         self.fails("unknown sender: ghost", "send", "c", "ghost", "hi", "--key", "herald.key")
         self.assertEqual(self.message_count(), 0)
 
+    def test_read_verify(self) -> None:
+        """read --verify marks signed messages verified and anything else not."""
+        self.ok("send", "c", "herald", "genuine", "--key", "herald.key")
+        raw_execute(self.db, (
+            "INSERT INTO messages (channel, sender, content, created_at, signature, "
+            "signed_timestamp, nonce) SELECT channel, sender, 'tampered', created_at, "
+            "signature, signed_timestamp, nonce FROM messages", ()))
+        marks = [(m["content"], m["verified"]) for m in
+                 self.ok("read", "c", "x", "--verify").json()]
+        self.assertEqual(marks, [("genuine", True), ("tampered", False)])
+
+    def test_local_read_needs_no_signature(self) -> None:
+        """The local CLI reads in secure mode without signing: the file's mode guards it."""
+        self.ok("send", "c", "herald", "hi", "--key", "herald.key")
+        self.assertEqual(len(self.ok("read", "c", "anyone").json()), 1)
+
+    def test_registration_is_elipc2(self) -> None:
+        """register stores the operator's elipc/2 signature, verifiable by anyone."""
+        (name, ts, signature, public) = raw_rows(
+            self.db, "SELECT name, registration_ts, registration_signature, public_key "
+                     "FROM agents WHERE name = 'herald'")[0]
+        with open(os.path.join(self.dir, "op.pub")) as f:
+            operator = f.read()
+        payload = identity.register_payload("herald", "", ts, public)
+        self.assertTrue(identity.verify(operator, payload, signature))
+
+    def test_reserved_channel(self) -> None:
+        """Nobody sends to the reserved elipc/ channels."""
+        self.fails("reserved", "send", "elipc/security", "herald", "x", "--key", "herald.key")
+
+    def test_strict_mode_unaffected(self) -> None:
+        """The CLI always signs elipc/2, so strict mode accepts its sends."""
+        self.ok("send", "c", "herald", "hi", "--key", "herald.key", IPC_STRICT_SIGNATURES="1")
+
     def test_open_mode_signs_with_key(self) -> None:
         """In open mode --key still signs (a fresh database has no operator)."""
         other = os.path.join(self.dir, "open.db")

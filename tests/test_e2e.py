@@ -22,7 +22,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from elipc import identity
-from tests.helpers import SUBPROCESS_TIMEOUT_S, cli_env, run_cli, temp_dir
+from tests.helpers import SUBPROCESS_TIMEOUT_S, Keyholder, cli_env, run_cli, temp_dir
 
 BIN = os.path.dirname(sys.executable)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -175,6 +175,70 @@ class TwistTests(ServerCase):
                               headers={"Authorization": "Bearer k3y"})[0], 200)
         self.assertIn("security event api_key", self.log())
         self.assertNotIn("k3y", self.log())
+
+
+class SecureE2ETests(ServerCase):
+    """Each attack against a real server fails with the right status, storing nothing."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        for args in (("seed", "op", "--out", "op"), ("keygen", "--out", "herald"),
+                     ("keygen", "--out", "bob")):
+            self.assertEqual(run_cli(self.db, *args, cwd=self.dir).code, 0)
+        for name in ("herald", "bob"):
+            self.assertEqual(run_cli(self.db, "register", name, "--pubkey", f"{name}.pub",
+                                     "--as", "op", "--key", "op.key", cwd=self.dir).code, 0)
+        self.op, self.herald, self.bob = (Keyholder(n, os.path.join(self.dir, f"{n}.key"))
+                                          for n in ("op", "herald", "bob"))
+
+    def read(self, channel: str, agent: str, headers: dict[str, list[str]] | None = None,
+             ) -> tuple[int, Any]:
+        flat = {k: v[0] for k, v in (headers or {}).items()}
+        return http("GET", f"{self.base}/messages?channel={channel}&agent={agent}", None, flat)
+
+    def test_attacks(self) -> None:
+        """Replayed and stale sends, foreign, unsigned and replayed reads all fail."""
+        self.twist()
+        now = int(time.time())
+        body = self.herald.send_body("c", "pay bob 10", now)
+        self.assertEqual(http("POST", f"{self.base}/send", body)[0], 200)
+        self.assertEqual(http("POST", f"{self.base}/send", body)[0], 409)
+        stale = self.herald.send_body("c", "old", now - 3600)
+        self.assertEqual(http("POST", f"{self.base}/send", stale)[0], 403)
+        self.assertEqual(self.read("c", "bob")[0], 401)
+        self.assertEqual(self.read("c", "bob", self.herald.read_headers("c", now, agent="bob"))[0],
+                         403)
+        headers = self.bob.read_headers("c", now)
+        status, messages = self.read("c", "bob", headers)
+        self.assertEqual([m["content"] for m in messages], ["pay bob 10"])
+        self.assertEqual(self.read("c", "bob", headers)[0], 403)
+        self.assertIn("security event replayed_nonce", self.log())
+
+    def test_registration_attacks(self) -> None:
+        """A private key is refused unlogged; forged and non-operator registrations fail."""
+        self.twist()
+        now = int(time.time())
+        private = open(os.path.join(self.dir, "op.key")).read()
+        status, answer = http("POST", f"{self.base}/register", {
+            "name": "x", "public_key": self.bob.public, "operator": "op",
+            "operator_key": private})
+        self.assertEqual(status, 400)
+        carol = Keyholder("carol")
+        self.assertEqual(http("POST", f"{self.base}/register",
+                              self.herald.registration("carol", carol.public, now))[0], 403)
+        good = self.op.registration("carol", carol.public, now)
+        self.assertEqual(http("POST", f"{self.base}/register", good)[0], 200)
+        log = self.log()
+        self.assertNotIn(private.splitlines()[1], log)
+        self.assertNotIn(good["operator_signature"], log)
+
+    def test_registration_replayed_after_window(self) -> None:
+        """A registration replayed once its window has passed is refused as stale."""
+        self.twist("--replay-window", "1")
+        carol = Keyholder("carol")
+        body = self.op.registration("carol", carol.public, int(time.time()))
+        time.sleep(2.5)
+        self.assertEqual(http("POST", f"{self.base}/register", body)[0], 403)
 
 
 class RunnerTests(ServerCase):

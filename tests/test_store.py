@@ -304,6 +304,22 @@ class MigrationTests(SynchronousTestCase):
         """An el-ipc file from before signatures gains the column and upgrades the same."""
         self.check_upgrade(with_signature_column=False)
 
+    def test_version_1_file_upgrades(self) -> None:
+        """A file at schema version 1 gains version 2's columns and tables, keeping its data."""
+        path = os.path.join(self.dir, "v1.db")
+        conn = sqlite3.connect(path)
+        for statement in (*schema.BASE_TABLES, *schema.UPGRADES[1], "PRAGMA user_version = 1"):
+            conn.execute(statement)
+        conn.execute("INSERT INTO messages (channel, sender, content, created_at) "
+                     "VALUES ('c', 'a', 'kept', 1.0)")
+        conn.commit()
+        conn.close()
+        upgraded = store.open_database(path)
+        self.addCleanup(upgraded.close)
+        self.assertEqual(store.describe_schema(upgraded), self.fresh_schema())
+        (message,) = store.read_unread(upgraded, "c", "r")
+        self.assertEqual((message.content, message.nonce), ("kept", None))
+
     def test_signed_flag_survives(self) -> None:
         """A message el-ipc stored signed still reads as signed."""
         conn = store.open_database(self.el_ipc_file(True))
