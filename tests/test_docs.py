@@ -48,3 +48,29 @@ class HttpDocTests(SynchronousTestCase):
             pending = server.http.request(method, server.url(path), data=b"{}")
             server.http.flush()
             self.assertNotIn(self.successResultOf(pending).code, (404, 405), (method, path))
+
+
+SECURITY_DOC = os.path.join(os.path.dirname(DOC), "security.md")
+
+
+class SecurityDocTests(SynchronousTestCase):
+    """The worked example in docs/security.md is what elipc's own helpers produce."""
+
+    def test_worked_example(self) -> None:
+        """The documented payload, signatures and did:key come out of elipc's helpers."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from elipc import identity
+
+        with open(SECURITY_DOC) as f:
+            doc = f.read()
+        key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+        send = identity.send_payload("ops", "herald", 1767225600, "Zm9vYmFyLWJhei0xMjM0",
+                                     "deploy done")
+        read = identity.read_payload("ops", "herald", 1767225600, "cmVhZC1ub25jZS0wMDAx")
+        self.assertIn(f"these {len(send)} bytes", doc)
+        self.assertIn(send.decode().replace("\n", "\\n"), doc)
+        for payload in (send, read):
+            self.assertIn(identity.sign(key, payload), doc)
+        self.assertIn(identity.did_key(identity.public_pem(key.public_key())), doc)
+        self.assertIn(identity.private_pem(key).splitlines()[1], doc)
