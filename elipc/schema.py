@@ -1,11 +1,16 @@
 """The database's shape, version by version, keyed on PRAGMA user_version.
 
 Version 0 is el-ipc's file (or a brand-new one): its three tables, created if missing.
-Each later version is the list of statements that upgrades the one before it. store.migrate
-runs them inside one write transaction, so a half-upgraded file never exists.
+Each later version is the list of statements that upgrades the one before it. `migrate`
+runs them inside one write transaction, so a half-upgraded file never exists. Like store.py,
+no Twisted import; it uses store's transactions.
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+from elipc import store
 
 # el-ipc's tables exactly (BEHAVIOUR.md), so an el-ipc file and a fresh one converge.
 BASE_TABLES = (
@@ -63,3 +68,63 @@ UPGRADES: dict[int, tuple[str, ...]] = {
 }
 
 CURRENT_VERSION = max(UPGRADES)
+
+
+@store.guarded
+def schema_version(db: Any) -> int:
+    """The file's PRAGMA user_version (0 for el-ipc's files and brand-new ones)."""
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+@store.guarded
+def migrate(db: Any) -> int:
+    """Bring the file to CURRENT_VERSION in one transaction; return the version found."""
+    if schema_version(db) == CURRENT_VERSION:
+        return CURRENT_VERSION
+    with store.transaction(db):
+        # Re-read under the lock: another process may have migrated while we waited.
+        found = schema_version(db)
+        if found > CURRENT_VERSION:
+            raise store.SchemaTooNew(
+                f"the database was written by a newer elipc (schema version {found}; "
+                f"this elipc knows up to {CURRENT_VERSION})"
+            )
+        if found == 0:
+            _create_base(db)
+        for version in range(found + 1, CURRENT_VERSION + 1):
+            for statement in UPGRADES[version]:
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {CURRENT_VERSION}")
+    return found
+
+
+def _create_base(db: Any) -> None:
+    for statement in BASE_TABLES:
+        db.execute(statement)
+    for table, column, statement in LEGACY_COLUMNS:
+        if column not in table_columns(db, table):
+            db.execute(statement)
+
+
+@store.guarded
+def table_columns(db: Any, table: str) -> list[str]:
+    """The column names of `table`, in order (used by migrations and their tests)."""
+    return [row[1] for row in db.execute(f"PRAGMA table_info({table})").fetchall()]
+
+
+@store.guarded
+def describe_schema(db: Any) -> dict[str, object]:
+    """Tables with their columns and indexes with their columns: what "same schema" means."""
+    shape: dict[str, object] = {"user_version": schema_version(db)}
+    rows = db.execute(
+        "SELECT type, name, tbl_name FROM sqlite_master "
+        "WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name"
+    ).fetchall()
+    for kind, name, table in rows:
+        info = "table_info" if kind == "table" else "index_info"
+        columns = db.execute(f"PRAGMA {info}({name})").fetchall()
+        if kind == "table":
+            shape[f"table {name}"] = [(c[1], c[2], c[3], c[4], c[5]) for c in columns]
+        else:
+            shape[f"index {name} on {table}"] = [c[2] for c in columns]
+    return shape

@@ -1,10 +1,10 @@
-"""All of elipc's SQL: plain functions `f(db, ...)` over a sqlite3 connection or cursor.
+"""All of elipc's queries: plain functions `f(db, ...)` over a sqlite3 connection or cursor
+(schema.py holds the tables and their migrations).
 
 The CLI calls them on its own connection; the server calls the same functions through
-adbapi.ConnectionPool.runInteraction, whose transaction object forwards `execute`. Connections
-run in autocommit mode (isolation_level=None) and every write is one explicit
-`BEGIN IMMEDIATE ... COMMIT`, so nothing is half-written and writers queue on SQLite's lock.
-sqlite3 errors leave this module as StorageError. No Twisted import here.
+adbapi's runWithConnection, whose connection proxies `execute`. Connections run in autocommit
+mode and every write is one explicit `BEGIN IMMEDIATE ... COMMIT`, so nothing is half-written
+and writers queue on SQLite's lock. sqlite3 errors leave as StorageError. No Twisted here.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from elipc import schema
 from elipc.model import Agent, ElipcError, Message
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -42,7 +41,8 @@ class Conflict(StorageError):
     """The write contradicts what is stored (a name taken, an operator not found)."""
 
 
-def _guarded(function: F) -> F:
+def guarded(function: F) -> F:
+    """Turn sqlite3 errors raised by `function` into StorageError."""
     @functools.wraps(function)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -101,15 +101,13 @@ def _connection(db: Any) -> sqlite3.Connection:
     return getattr(db, "connection", db)
 
 
-@_guarded
+@guarded
 def run_batch(
     db: Any, operations: Sequence[Callable[[Any], Any]]
 ) -> list[tuple[bool, Any]]:
-    """Run `operations` in one transaction (one fsync), each in its own savepoint.
-
-    Returns (True, result) or (False, exception) per operation, in order. An operation that
-    raises leaves no trace; if the commit itself fails, the whole batch raises StorageError.
-    """
+    """Run `operations` in one transaction (one fsync), each in its own savepoint; return
+    (True, result) or (False, exception) for each. A failing operation leaves no trace; if
+    the commit fails, the whole batch raises StorageError."""
     outcomes: list[tuple[bool, Any]] = []
     with _Write(db):
         for operation in operations:
@@ -136,9 +134,11 @@ def open_database(path: str, *, check_same_thread: bool = True) -> sqlite3.Conne
         )
     except sqlite3.Error as e:
         raise StorageError(f"cannot open database {path}: {e}") from None
+    from elipc import schema  # schema.py holds the migrations and uses this module
+
     try:
         configure(conn)
-        migrate(conn)
+        schema.migrate(conn)
     except BaseException:
         conn.close()
         raise
@@ -157,7 +157,7 @@ def _create_private(path: str) -> None:
         raise StorageError(f"cannot create database {path}: {e.strerror}") from None
 
 
-@_guarded
+@guarded
 def configure(conn: sqlite3.Connection) -> None:
     """Set the per-connection pragmas: busy wait, WAL, and fsync on every commit."""
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
@@ -180,79 +180,19 @@ def _enable_wal(conn: sqlite3.Connection) -> None:
             time.sleep(0.002)
 
 
-@_guarded
-def schema_version(db: Any) -> int:
-    """The file's PRAGMA user_version (0 for el-ipc's files and brand-new ones)."""
-    return int(db.execute("PRAGMA user_version").fetchone()[0])
-
-
-@_guarded
-def migrate(db: Any) -> int:
-    """Bring the file to schema.CURRENT_VERSION in one transaction; return the version found."""
-    if schema_version(db) == schema.CURRENT_VERSION:
-        return schema.CURRENT_VERSION
-    with _Write(db):
-        # Re-read under the lock: another process may have migrated while we waited.
-        found = schema_version(db)
-        if found > schema.CURRENT_VERSION:
-            raise SchemaTooNew(
-                f"the database was written by a newer elipc (schema version {found}; "
-                f"this elipc knows up to {schema.CURRENT_VERSION})"
-            )
-        if found == 0:
-            _create_base(db)
-        for version in range(found + 1, schema.CURRENT_VERSION + 1):
-            for statement in schema.UPGRADES[version]:
-                db.execute(statement)
-        db.execute(f"PRAGMA user_version = {schema.CURRENT_VERSION}")
-    return found
-
-
-def _create_base(db: Any) -> None:
-    for statement in schema.BASE_TABLES:
-        db.execute(statement)
-    for table, column, statement in schema.LEGACY_COLUMNS:
-        if column not in table_columns(db, table):
-            db.execute(statement)
-
-
-@_guarded
-def table_columns(db: Any, table: str) -> list[str]:
-    """The column names of `table`, in order (used by migrations and their tests)."""
-    return [row[1] for row in db.execute(f"PRAGMA table_info({table})").fetchall()]
-
-
-@_guarded
-def describe_schema(db: Any) -> dict[str, object]:
-    """Tables with their columns and indexes with their columns: what "same schema" means."""
-    shape: dict[str, object] = {"user_version": schema_version(db)}
-    rows = db.execute(
-        "SELECT type, name, tbl_name FROM sqlite_master "
-        "WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name"
-    ).fetchall()
-    for kind, name, table in rows:
-        info = "table_info" if kind == "table" else "index_info"
-        columns = db.execute(f"PRAGMA {info}({name})").fetchall()
-        if kind == "table":
-            shape[f"table {name}"] = [(c[1], c[2], c[3], c[4], c[5]) for c in columns]
-        else:
-            shape[f"index {name} on {table}"] = [c[2] for c in columns]
-    return shape
-
-
-@_guarded
+@guarded
 def data_version(db: Any) -> int:
     """A number that changes whenever another connection commits to the file."""
     return int(db.execute("PRAGMA data_version").fetchone()[0])
 
 
-@_guarded
+@guarded
 def last_message_id(db: Any) -> int:
     """The highest message id stored (0 when there are none)."""
     return int(db.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0])
 
 
-@_guarded
+@guarded
 def channels_after(db: Any, message_id: int) -> tuple[int, set[str]]:
     """The channels that gained messages after `message_id`, and the new highest id."""
     rows = db.execute(
@@ -267,7 +207,7 @@ def channels_after(db: Any, message_id: int) -> tuple[int, set[str]]:
 MessageRow = tuple[str, str, str, str, "int | None", "str | None"]
 
 
-@_guarded
+@guarded
 def insert_messages(db: Any, messages: Iterable[MessageRow], now: float) -> list[int]:
     """Store (channel, sender, content, signature, signed_timestamp, nonce) rows in one
     transaction; return their ids."""
@@ -291,7 +231,7 @@ def insert_message(
     return insert_messages(db, [row], now)[0]
 
 
-@_guarded
+@guarded
 def remember_nonce(db: Any, scope: str, nonce: str, now: float) -> bool:
     """Record `nonce` as used in `scope`; False if it was already recorded (a replay)."""
     with _Write(db):
@@ -302,14 +242,14 @@ def remember_nonce(db: Any, scope: str, nonce: str, now: float) -> bool:
         return bool(cursor.rowcount)
 
 
-@_guarded
+@guarded
 def forget_nonces(db: Any, seen_before: float) -> int:
     """Drop nonces recorded before `seen_before` (outside the replay window); return how many."""
     with _Write(db):
         return int(db.execute("DELETE FROM nonces WHERE seen_at < ?", (seen_before,)).rowcount)
 
 
-@_guarded
+@guarded
 def read_unread(
     db: Any, channel: str, agent: str, deliver: Deliver | None = None, limit: int = -1
 ) -> list[Message]:
@@ -353,13 +293,13 @@ def _advance(db: Any, channel: str, agent: str, last_id: int) -> None:
     )
 
 
-@_guarded
+@guarded
 def watermark(db: Any, channel: str, agent: str) -> int:
     """The id of the last message `agent` has read on `channel` (0 if it never read)."""
     return _watermark(db, channel, agent)
 
 
-@_guarded
+@guarded
 def pending_count(db: Any, channel: str, agent: str) -> int:
     """How many messages on `channel` are unread by `agent`."""
     return int(db.execute(
@@ -368,7 +308,7 @@ def pending_count(db: Any, channel: str, agent: str) -> int:
     ).fetchone()[0])
 
 
-@_guarded
+@guarded
 def list_channels(db: Any) -> list[dict[str, object]]:
     """Every channel with its message count and last message time, most recent first."""
     rows = db.execute(
@@ -381,27 +321,27 @@ def list_channels(db: Any) -> list[dict[str, object]]:
 # -- the agent directory -----------------------------------------------------------------
 
 
-@_guarded
+@guarded
 def is_secure(db: Any) -> bool:
     """Secure mode is on once any operator exists (and stays on)."""
     return db.execute("SELECT 1 FROM agents WHERE role = 'operator' LIMIT 1").fetchone() is not None
 
 
-@_guarded
+@guarded
 def get_agent(db: Any, name: str) -> Agent | None:
     """The directory entry called `name`, or None."""
     row = db.execute(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE name = ?", (name,)).fetchone()
     return Agent(*row) if row else None
 
 
-@_guarded
+@guarded
 def list_agents(db: Any) -> list[Agent]:
     """Every operator and agent, oldest first."""
     rows = db.execute(f"SELECT {_AGENT_COLUMNS} FROM agents ORDER BY created_at, rowid")
     return [Agent(*row) for row in rows.fetchall()]
 
 
-@_guarded
+@guarded
 def first_operator(db: Any) -> Agent | None:
     """The operator seeded first (its key is the agent card's did:key), or None."""
     row = db.execute(
@@ -411,18 +351,15 @@ def first_operator(db: Any) -> Agent | None:
     return Agent(*row) if row else None
 
 
-@_guarded
+@guarded
 def add_operator(
     db: Any, name: str, public_key: str, now: float,
     before_commit: Callable[[], None] | None = None,
 ) -> None:
-    """Store a new operator; Conflict if the name is taken by anyone.
-
-    `before_commit` runs inside the transaction (the CLI hands out the private key there):
-    if it raises, no operator is stored, so no operator exists whose key was never delivered.
-    """
+    """Store a new operator (Conflict if the name is taken). `before_commit` runs inside the
+    transaction (the CLI hands out the private key there): if it fails, nothing is stored."""
     with _Write(db):
-        if _exists(db, name):
+        if _role(db, name) is not None:
             raise Conflict(f"agent '{name}' already exists")
         db.execute(
             "INSERT INTO agents (name, identity, public_key, role, registered_by, created_at) "
@@ -433,17 +370,14 @@ def add_operator(
             before_commit()
 
 
-@_guarded
+@guarded
 def register_agent(
     db: Any, name: str, identity: str, public_key: str, operator: str, now: float,
     registration_ts: int = 0, registration_signature: str = "",
 ) -> None:
-    """Store or replace agent `name`, registered by `operator` (which must still be one).
-
-    The caller has checked the operator's signature. An operator's own entry is never
-    replaced, nor a registration by one signed later than this one (a replayed old
-    registration must not roll a rotated key back).
-    """
+    """Store or replace agent `name`, registered by `operator` (still an operator; the caller
+    checked its signature). Never replaces an operator, nor a registration signed later than
+    this one (a replayed old registration must not roll a rotated key back)."""
     with _Write(db):
         if _role(db, operator) != "operator":
             raise Conflict(f"'{operator}' is not an operator")
@@ -458,10 +392,6 @@ def register_agent(
             "VALUES (?, ?, ?, 'agent', ?, ?, ?, ?)",
             (name, identity, public_key, operator, now, registration_ts, registration_signature),
         )
-
-
-def _exists(db: Any, name: str) -> bool:
-    return _role(db, name) is not None
 
 
 def _role(db: Any, name: str) -> str | None:

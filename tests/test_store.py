@@ -282,13 +282,13 @@ class MigrationTests(SynchronousTestCase):
     def fresh_schema(self) -> dict[str, object]:
         conn = store.open_database(os.path.join(self.dir, "fresh.db"))
         self.addCleanup(conn.close)
-        return store.describe_schema(conn)
+        return schema.describe_schema(conn)
 
     def check_upgrade(self, with_signature_column: bool) -> None:
         path = self.el_ipc_file(with_signature_column)
         conn = store.open_database(path)
         self.addCleanup(conn.close)
-        self.assertEqual(store.describe_schema(conn), self.fresh_schema())
+        self.assertEqual(schema.describe_schema(conn), self.fresh_schema())
         self.assertEqual([m.content for m in store.read_unread(conn, "c", "reader")], ["two"])
         self.assertEqual(len(store.read_unread(conn, "c", "newcomer")), 2)
         herald = store.get_agent(conn, "herald")
@@ -316,7 +316,7 @@ class MigrationTests(SynchronousTestCase):
         conn.close()
         upgraded = store.open_database(path)
         self.addCleanup(upgraded.close)
-        self.assertEqual(store.describe_schema(upgraded), self.fresh_schema())
+        self.assertEqual(schema.describe_schema(upgraded), self.fresh_schema())
         (message,) = store.read_unread(upgraded, "c", "r")
         self.assertEqual((message.content, message.nonce), ("kept", None))
 
@@ -331,7 +331,7 @@ class MigrationTests(SynchronousTestCase):
         """After opening, the file is at the current version and reads use the channel index."""
         conn = store.open_database(self.el_ipc_file(True))
         self.addCleanup(conn.close)
-        self.assertEqual(store.schema_version(conn), schema.CURRENT_VERSION)
+        self.assertEqual(schema.schema_version(conn), schema.CURRENT_VERSION)
         plan = conn.execute(
             "EXPLAIN QUERY PLAN SELECT id FROM messages WHERE channel = 'c' AND id > 0"
         ).fetchall()
