@@ -264,13 +264,14 @@ def cmd_register(args: argparse.Namespace) -> None:
 
 
 def cmd_agents(args: argparse.Namespace) -> None:
-    """List operators and agents, one line each, as el-ipc does."""
+    """List operators and agents, one line each as el-ipc does, with when each was added."""
     agents = store.list_agents(_open(_settings(args)))
     if not agents:
         print("No agents registered (open mode — anyone can send)")
     for a in agents:
         ident = f" id={a.identity}" if a.identity else ""
-        by = f" (registered by {a.registered_by})" if a.registered_by else ""
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(a.created_at))
+        by = f" (registered by {a.registered_by}, {when})" if a.registered_by else f" ({when})"
         print(f"  {'[' + a.role + ']':10s} {a.name}{ident}{by}")
 
 

@@ -15,7 +15,6 @@ from typing import Any
 
 from twisted.enterprise.adbapi import ConnectionPool
 from twisted.internet.defer import Deferred, succeed
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from elipc import store
@@ -60,8 +59,6 @@ def run_turn(db: Any, operations: list[Operation], watch: CommitWatch) -> tuple[
 
 class Database:
     """Deferred-returning access to the store for the server."""
-
-    log = Logger()
 
     def __init__(self, writer: Any, readers: Any) -> None:
         self._writer = writer
@@ -108,9 +105,10 @@ class Database:
         self._queue = [(op, d) for op, d in self._queue if d is not cancelled]
 
     def _next_turn(self) -> None:
-        if self._turn is not None or not (self._queue or self._poll_wanted):
-            if self._turn is None:
-                self._notify_drained()
+        if self._turn is not None:
+            return  # _finish_turn starts the next one
+        if not (self._queue or self._poll_wanted):
+            self._notify_drained()
             return
         batch, self._queue, self._poll_wanted = self._queue, [], False
         self._turn = self._writer.runWithConnection(

@@ -76,6 +76,8 @@ class HttpApi:
         body = _json_object(request)
         if "operator_key" in body:
             # Never echo or log it: the point is that it should not have been sent at all.
+            self.broker.security("private_key_sent", "a private key was sent to /register",
+                                 remote_address(request))
             raise InvalidInput("never send a private key: sign the registration locally "
                                "(elipc register) and send operator_signature instead")
         name = check_name(body.get("name"), "name")

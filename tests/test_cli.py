@@ -187,7 +187,9 @@ class IdentityCommandTests(CliCase):
         self.assertEqual(result.json(), {
             "ok": True, "message": "Agent 'herald' registered by operator 'op'"})
         lines = self.ok("agents").out.splitlines()
-        self.assertEqual(lines, ["  [operator] op", "  [agent]    herald id=a9e6db87 (registered by op)"])
+        self.assertRegex(lines[0], r"^  \[operator\] op \(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\)$")
+        self.assertRegex(lines[1], r"^  \[agent\]    herald id=a9e6db87 "
+                                   r"\(registered by op, \d{4}-\d\d-\d\dT[\d:]{8}Z\)$")
 
     def test_agents_empty(self) -> None:
         """With nobody registered, agents says so."""

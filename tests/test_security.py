@@ -217,6 +217,8 @@ class RegisterTests(SecureCase):
         self.assertIn("sign the registration locally", answer[1]["error"])
         self.assertNotIn("PRIVATE", json.dumps(answer[1]))
         self.assertEqual(self.directory(), before)
+        self.assertEqual([e["kind"] for e in self.security_events()], ["private_key_sent"])
+        self.assertNotIn("PRIVATE", json.dumps(self.security_events()))
 
     def test_forged_and_non_operator(self) -> None:
         """A signature by a non-operator, or by the wrong key, is 403 and changes nothing."""
