@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
@@ -26,6 +27,8 @@ from elipc.waiters import Waiters
 # While anyone waits, how often the writer checks for other processes' commits.
 EXTERNAL_COMMIT_POLL_S = 0.01
 NONCE_PRUNE_INTERVAL_S = 60.0
+IDEMPOTENCY_WINDOW_S = 24 * 3600.0
+RETENTION_BATCH = 1000
 EVENTS_PER_MINUTE = 60
 
 log = Logger(namespace="elipc.broker")
@@ -47,23 +50,30 @@ class Broker:
         self.waiters.on_first_waiter = self._start_polling
         self._pruner = LoopingCall(self._prune_nonces)
         self._pruner.clock = clock
+        self._retention = LoopingCall(self._retention_tick)
+        self._retention.clock = clock
 
     def start(self) -> None:
-        """Start the timers (forgetting nonces once they are outside the replay window)."""
+        """Start the timers: forgetting nonces and idempotency keys past their windows and,
+        with a retention period, deleting older messages."""
         self._pruner.start(NONCE_PRUNE_INTERVAL_S, now=False)
+        if self._settings.retention:
+            self._retention.start(NONCE_PRUNE_INTERVAL_S, now=True)
 
-    async def send(self, channel: str, sender: str, content: str,
-                   signed: operations.Signed) -> int:
-        """Store a message (secure mode: verified) and wake the channel's waiters."""
-        message_id, replayable = await self._db.write(
+    async def send(self, channel: str, sender: str, content: str, signed: operations.Signed,
+                   idempotency_key: str | None = None) -> operations.Accepted:
+        """Store a message (secure mode: verified; once per idempotency key) and wake the
+        channel's waiters."""
+        accepted: operations.Accepted = await self._db.write(
             operations.accept_message, channel, sender, content, signed,
-            self._clock.seconds(), self.policy,
+            self._clock.seconds(), self.policy, idempotency_key,
         )
-        if replayable:
+        if accepted.replayable:
             log.info("accepted an el-ipc (replayable) signature from {sender} on {channel}",
                      sender=sender, channel=channel, kind="replayable_signature")
-        self.waiters.wake(channel)
-        return int(message_id)
+        if not accepted.duplicate:
+            self.waiters.wake(channel)
+        return accepted
 
     async def register(self, name: str, agent_identity: str, public_key: str, operator: str,
                        signed: operations.Signed) -> None:
@@ -74,13 +84,15 @@ class Broker:
 
     async def read(
         self, channel: str, agent: str, signed: operations.Signed | None, wait: bool,
-        timeout: float, linger: float,
-    ) -> list[Message]:
-        """Unread messages for `agent`, moving its watermark; with `wait`, block for a first one.
+        timeout: float, linger: float, limit: int = 1000, manual: bool = False,
+    ) -> tuple[list[Message], bool]:
+        """Up to `limit` unread messages for `agent`, and whether more are waiting; with
+        `wait`, block for a first one.
 
-        In secure mode `signed` must be `agent`'s read signature (checked first; a refusal
-        moves nothing). `linger` (with `wait`) lets a burst gather: once something is unread,
-        wait that long, then read everything at once.
+        The watermark moves past what is returned, unless `manual`: then it moves only on
+        `ack`, so a response that never arrives is delivered again. In secure mode `signed`
+        must be `agent`'s read signature (checked first; a refusal moves nothing). `linger`
+        (with `wait`) lets a burst gather before answering.
         """
         await self._authorize(channel, agent, signed)
         deadline = self._clock.seconds() + (timeout if wait else 0.0)
@@ -89,12 +101,30 @@ class Broker:
             if not gather or await self._db.write(store.pending_count, channel, agent):
                 if gather:
                     await deferLater(self._clock, linger)
-                messages: list[Message] = await self._db.write(store.read_unread, channel, agent)
-                if messages or not wait:
-                    return messages
+                page: tuple[list[Message], bool] = await self._db.write(
+                    _read_page, channel, agent, limit, manual)
+                if page[0] or not wait:
+                    return page
             remaining = deadline - self._clock.seconds()
             if remaining <= 0 or not await self.waiters.wait(channel, remaining):
-                return []
+                return [], False
+
+    async def ack(self, channel: str, agent: str, up_to: int,
+                  signed: operations.Signed | None) -> int:
+        """Move `agent`'s watermark on `channel` to `up_to` (signed in secure mode)."""
+        await self._db.write(operations.authorize_read, channel, agent, signed,
+                             self._clock.seconds(), self.policy, up_to)
+        return int(await self._db.write(store.acknowledge, channel, agent, up_to))
+
+    async def history(self, channel: str, after_id: int,
+                      limit: int) -> tuple[list[Message], bool]:
+        """Messages of `channel` after `after_id` (and whether more follow); moves nothing."""
+        rows: list[Message] = await self._db.read(store.history, channel, after_id, limit + 1)
+        return rows[:limit], len(rows) > limit
+
+    async def is_secure(self) -> bool:
+        """Whether an operator exists."""
+        return bool(await self._db.read(store.is_secure))
 
     async def channels(self) -> list[dict[str, object]]:
         """Every channel with its count and last message time."""
@@ -111,6 +141,7 @@ class Broker:
         if channel and agent:
             await self._authorize(channel, agent, signed)
         answer: dict[str, object] = await self._db.read(_health, channel, agent)
+        answer["oldest_id"] = await self._db.read(store.oldest_message_id)
         answer["security_events"] = dict(self.security.counts)
         return answer
 
@@ -121,7 +152,7 @@ class Broker:
 
     def stop(self) -> None:
         """Answer every pending long-poll with [] and stop the timers."""
-        for loop in (self._poller, self._pruner):
+        for loop in (self._poller, self._pruner, self._retention):
             if loop.running:
                 loop.stop()
         self.waiters.close()
@@ -151,9 +182,31 @@ class Broker:
 
     def _prune_nonces(self) -> None:
         # A nonce matters while its timestamp can still pass the window check: twice the window.
-        cutoff = self._clock.seconds() - 2 * self.policy.window
-        self._db.write(store.forget_nonces, cutoff).addErrback(
+        now = self._clock.seconds()
+        self._db.write(store.forget_nonces, now - 2 * self.policy.window).addErrback(
             lambda f: log.failure("could not forget old nonces", f))
+        self._db.write(store.forget_idempotency, now - IDEMPOTENCY_WINDOW_S).addErrback(
+            lambda f: log.failure("could not forget old idempotency keys", f))
+
+    def _retention_tick(self) -> Deferred[object]:
+        # Logged, not raised: a failed pass must not stop the timer.
+        return Deferred.fromCoroutine(self.apply_retention()).addErrback(
+            lambda f: log.failure("retention pass failed", f))
+
+    async def apply_retention(self) -> int:
+        """Delete messages older than the retention period, a batch per writer turn so sends
+        keep flowing in between; return how many went."""
+        cutoff = self._clock.seconds() - self._settings.retention
+        deleted = 0
+        while True:
+            batch = await self._db.write(store.delete_messages_before, cutoff, RETENTION_BATCH)
+            deleted += batch
+            if batch < RETENTION_BATCH:
+                break
+        if deleted:
+            log.info("retention deleted {count} messages older than {cutoff}",
+                     count=deleted, cutoff=cutoff)
+        return deleted
 
 
 class SecurityEvents:
@@ -185,6 +238,16 @@ class SecurityEvents:
         if self._suppressed:
             event["suppressed_before"], self._suppressed = self._suppressed, 0
         self._record(event)
+
+
+def _read_page(db: Any, channel: str, agent: str, limit: int,
+               manual: bool) -> tuple[list[Message], bool]:
+    # One writer operation: the page, and whether more is waiting behind it.
+    if manual:
+        rows = store.peek_unread(db, channel, agent, limit + 1)
+        return rows[:limit], len(rows) > limit
+    messages = store.read_unread(db, channel, agent, limit=limit)
+    return messages, bool(store.peek_unread(db, channel, agent, 1))
 
 
 def _health(db: Any, channel: str, agent: str) -> dict[str, object]:

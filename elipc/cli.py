@@ -97,7 +97,7 @@ def cmd_send(args: argparse.Namespace) -> None:
     conn = _open(settings)
     policy = Policy.from_settings(settings)
     try:
-        message_id, _ = accept_message(conn, channel, sender, content, signed, now, policy)
+        message_id = accept_message(conn, channel, sender, content, signed, now, policy).id
     except Rejected as e:
         raise CommandError(_explain_rejection(str(e), args.key, sender)) from None
     if signed.nonce:

@@ -34,7 +34,7 @@ class Settings:
     __slots__ = (
         "db_path", "db_path_is_default", "port", "listen", "api_key", "agent_name",
         "agent_desc", "agent_url", "max_content_bytes", "max_body_bytes", "wait_timeout",
-        "linger", "replay_window", "strict_signatures",
+        "linger", "replay_window", "strict_signatures", "retention",
     )
 
     def __init__(self, **values: object) -> None:
@@ -73,6 +73,7 @@ class Settings:
             ),
             "strict_signatures": _flag(env.get("IPC_STRICT_SIGNATURES", ""),
                                        "IPC_STRICT_SIGNATURES"),
+            "retention": parse_duration(env.get("IPC_RETENTION") or "0", "IPC_RETENTION"),
         }
         values.update(given)
         # JSON may escape content to twice its UTF-8 size (é is 2 bytes, \u00e9 is 6).
@@ -107,6 +108,23 @@ def prepare_db_location(settings: Settings) -> str | None:
             f"{LEGACY_DB_PATH} exists: set IPC_DB_PATH={LEGACY_DB_PATH} to keep using it"
         )
     return None
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str, name: str) -> float:
+    """Seconds from `7d`, `12h`, `30m`, `45s`, `2w` or a plain number of seconds (0: off)."""
+    value = text.strip().lower()
+    unit = _UNITS.get(value[-1:], 0)
+    try:
+        number = float(value[:-1] if unit else value) * (unit or 1)
+    except ValueError:
+        raise ConfigError(f"{name} must be a duration such as 7d, 12h or 3600, "
+                          f"not {text!r}") from None
+    if not 0 <= number < float("inf"):
+        raise ConfigError(f"{name} must be a positive duration, not {text!r}")
+    return number
 
 
 def _flag(value: str, name: str) -> bool:

@@ -47,6 +47,11 @@ def read_payload(channel: str, agent: str, timestamp: int, nonce: str) -> bytes:
     return f"elipc/2 read\n{channel}\n{agent}\n{timestamp}\n{nonce}".encode("utf-8")
 
 
+def ack_payload(channel: str, agent: str, up_to: int, timestamp: int, nonce: str) -> bytes:
+    """elipc/2 ack: `agent` moves its own watermark on `channel` to `up_to`."""
+    return f"elipc/2 ack\n{channel}\n{agent}\n{up_to}\n{timestamp}\n{nonce}".encode("utf-8")
+
+
 def register_payload(name: str, identity: str, timestamp: int, public_key_pem: str) -> bytes:
     """elipc/2 register: an operator's authorization of `name`'s key, at `timestamp`."""
     return (f"elipc/2 register\n{name}\n{identity}\n{timestamp}\n{public_key_pem}"

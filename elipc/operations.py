@@ -65,24 +65,43 @@ class Signed:
         self.nonce = nonce
 
 
+class Accepted:
+    """What a send came to: its id, whether its signature was el-ipc's replayable kind, and
+    whether it repeated an earlier send's idempotency key (then nothing new was stored)."""
+
+    __slots__ = ("id", "replayable", "duplicate")
+
+    def __init__(self, id: int, replayable: bool = False, duplicate: bool = False) -> None:
+        self.id, self.replayable, self.duplicate = id, replayable, duplicate
+
+
 def accept_message(
     db: Any, channel: str, sender: str, content: str, signed: Signed, now: float,
-    policy: Policy,
-) -> tuple[int, bool]:
-    """Store a message if the directory allows it; return (id, replayable).
+    policy: Policy, idempotency_key: str | None = None,
+) -> Accepted:
+    """Store a message if the directory allows it, once per idempotency key.
 
     Open mode stores any message (a signature, with its timestamp and nonce, is kept for
     readers to verify). Secure mode requires the sender's registered key over the elipc/2
-    payload (timestamp in the window, nonce unused), or over el-ipc's payload unless strict;
-    `replayable` says the latter was accepted. Raises Rejected (nothing stored) otherwise.
+    payload (timestamp in the window, nonce unused), or over el-ipc's payload unless strict.
+    A repeat of `sender`'s `idempotency_key` (checked before the nonce, since a retry carries
+    the same one) returns the first send's id. Raises Rejected (nothing stored) otherwise.
     """
     with store.transaction(db):
-        replayable = False
-        if store.is_secure(db):
-            replayable = _check_send(db, channel, sender, content, signed, now, policy)
+        secure = store.is_secure(db)
+        replayable = secure and _check_send(db, channel, sender, content, signed, now, policy)
+        if idempotency_key is not None:
+            first = store.idempotent_id(db, sender, idempotency_key)
+            if first is not None:
+                return Accepted(first, replayable, duplicate=True)
+        if secure and signed.nonce is not None and not store.remember_nonce(
+                db, f"send:{sender}", signed.nonce, now):
+            raise Replayed("replayed nonce: this send was already accepted", "replayed_nonce")
         message_id = store.insert_message(db, channel, sender, content, signed.signature, now,
                                           signed.timestamp, signed.nonce)
-        return message_id, replayable
+        if idempotency_key is not None:
+            store.remember_idempotency(db, sender, idempotency_key, message_id, now)
+        return Accepted(message_id, replayable)
 
 
 def _check_send(db: Any, channel: str, sender: str, content: str, signed: Signed,
@@ -102,16 +121,14 @@ def _check_send(db: Any, channel: str, sender: str, content: str, signed: Signed
         payload = identity.send_payload(channel, sender, signed.timestamp, signed.nonce, content)
     if not identity.verify(agent.public_key, payload, signed.signature):
         raise Rejected("invalid signature", "invalid_signature")
-    if signed.nonce is not None and not store.remember_nonce(db, f"send:{sender}",
-                                                               signed.nonce, now):
-        raise Replayed("replayed nonce: this send was already accepted", "replayed_nonce")
     return signed.nonce is None
 
 
 def authorize_read(db: Any, channel: str, agent: str, signed: Signed | None, now: float,
-                   policy: Policy) -> None:
-    """In secure mode, require `agent`'s elipc/2 read signature (and, for the security
-    channel, an operator) before anything reads as `agent`. Records the nonce."""
+                   policy: Policy, up_to: int | None = None) -> None:
+    """In secure mode, require `agent`'s elipc/2 read signature (its ack signature when
+    `up_to` is given; for the security channel, an operator's) before anything reads or
+    moves as `agent`. Records the nonce."""
     from elipc import identity
 
     with store.transaction(db):
@@ -123,7 +140,9 @@ def authorize_read(db: Any, channel: str, agent: str, signed: Signed | None, now
                                   "read_signature_required")
         entry = _known(db, agent, "agent", "unknown_reader")
         _check_fresh(signed.timestamp, now, policy)
-        payload = identity.read_payload(channel, agent, signed.timestamp, signed.nonce)
+        payload = (identity.read_payload(channel, agent, signed.timestamp, signed.nonce)
+                   if up_to is None else
+                   identity.ack_payload(channel, agent, up_to, signed.timestamp, signed.nonce))
         if not identity.verify(entry.public_key, payload, signed.signature):
             raise Rejected("invalid read signature", "invalid_read_signature")
         if channel == SECURITY_CHANNEL and not entry.is_operator:

@@ -65,6 +65,19 @@ UPGRADES: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE INDEX IF NOT EXISTS nonces_seen_at ON nonces (seen_at)",
     ),
+    3: (
+        # Idempotent sends: a retried send with the same key returns the first one's id.
+        """CREATE TABLE IF NOT EXISTS idempotency (
+            sender      TEXT NOT NULL,
+            key         TEXT NOT NULL,
+            message_id  INTEGER NOT NULL,
+            seen_at     REAL NOT NULL,
+            PRIMARY KEY (sender, key)
+        )""",
+        "CREATE INDEX IF NOT EXISTS idempotency_seen_at ON idempotency (seen_at)",
+        # Retention deletes by age without scanning every message.
+        "CREATE INDEX IF NOT EXISTS messages_created_at ON messages (created_at)",
+    ),
 }
 
 CURRENT_VERSION = max(UPGRADES)

@@ -243,6 +243,45 @@ def remember_nonce(db: Any, scope: str, nonce: str, now: float) -> bool:
 
 
 @guarded
+def idempotent_id(db: Any, sender: str, key: str) -> int | None:
+    """The id of the message `sender` stored under idempotency `key`, if any."""
+    row = db.execute("SELECT message_id FROM idempotency WHERE sender = ? AND key = ?",
+                     (sender, key)).fetchone()
+    return int(row[0]) if row else None
+
+
+@guarded
+def remember_idempotency(db: Any, sender: str, key: str, message_id: int, now: float) -> None:
+    """Record that `sender`'s idempotency `key` produced `message_id`."""
+    with _Write(db):
+        db.execute("INSERT INTO idempotency (sender, key, message_id, seen_at) "
+                   "VALUES (?, ?, ?, ?)", (sender, key, message_id, now))
+
+
+@guarded
+def forget_idempotency(db: Any, seen_before: float) -> int:
+    """Drop idempotency keys recorded before `seen_before`; return how many."""
+    with _Write(db):
+        return int(db.execute("DELETE FROM idempotency WHERE seen_at < ?",
+                              (seen_before,)).rowcount)
+
+
+@guarded
+def delete_messages_before(db: Any, created_before: float, batch: int) -> int:
+    """Delete up to `batch` of the oldest messages stored before `created_before`."""
+    with _Write(db):
+        return int(db.execute(
+            "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE created_at < ? "
+            "ORDER BY created_at LIMIT ?)", (created_before, batch)).rowcount)
+
+
+@guarded
+def oldest_message_id(db: Any) -> int | None:
+    """The lowest message id still stored (None when there are none)."""
+    return db.execute("SELECT MIN(id) FROM messages").fetchone()[0]
+
+
+@guarded
 def forget_nonces(db: Any, seen_before: float) -> int:
     """Drop nonces recorded before `seen_before` (outside the replay window); return how many."""
     with _Write(db):
@@ -291,6 +330,37 @@ def _advance(db: Any, channel: str, agent: str, last_id: int) -> None:
         "ON CONFLICT (agent, channel) DO UPDATE SET last_id = max(last_id, excluded.last_id)",
         (agent, channel, last_id),
     )
+
+
+@guarded
+def peek_unread(db: Any, channel: str, agent: str, limit: int) -> list[Message]:
+    """`agent`'s unread messages on `channel`, oldest first, without moving anything."""
+    return _unread(db, channel, agent, limit)
+
+
+@guarded
+def acknowledge(db: Any, channel: str, agent: str, up_to: int) -> int:
+    """Move `agent`'s watermark on `channel` to `up_to` (never backwards); return it.
+
+    Conflict if `up_to` is beyond the channel's last message: acknowledging what was never
+    delivered would skip messages not yet sent.
+    """
+    with _Write(db):
+        last = db.execute("SELECT COALESCE(MAX(id), 0) FROM messages WHERE channel = ?",
+                          (channel,)).fetchone()[0]
+        if up_to > last:
+            raise Conflict(f"up_to {up_to} is past the last message on {channel} ({last})")
+        _advance(db, channel, agent, up_to)
+        return _watermark(db, channel, agent)
+
+
+@guarded
+def history(db: Any, channel: str, after_id: int, limit: int) -> list[Message]:
+    """Messages of `channel` with ids above `after_id`, oldest first; moves nothing."""
+    rows = db.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE channel = ? AND id > ? "
+        "ORDER BY id LIMIT ?", (channel, after_id, limit)).fetchall()
+    return [Message(*row) for row in rows]
 
 
 @guarded

@@ -22,6 +22,7 @@ from elipc.broker import Broker
 from elipc.config import MAX_LINGER, MAX_WAIT_TIMEOUT, Settings
 from elipc.identity import IdentityError, decode_signature, did_key, parse_public_key
 from elipc.model import (
+    RESERVED_PREFIX,
     InvalidInput,
     check_channel_for_sending,
     check_content,
@@ -32,10 +33,12 @@ from elipc.model import (
 )
 from elipc.operations import Rejected, Signed
 from elipc.site import ElipcSite, Front, json_bytes, remote_address
-from elipc.store import StorageError
+from elipc.store import Conflict, StorageError
 
 log = Logger(namespace="elipc.web")
 READ_HEADERS = (b"x-elipc-timestamp", b"x-elipc-nonce", b"x-elipc-signature")
+DEFAULT_PAGE = 1000
+MAX_PAGE = 10_000
 
 
 class HttpError(Exception):
@@ -65,8 +68,26 @@ class HttpApi:
         _context(request, sender=sender, channel=channel)
         content = _content(_required(body, "content"), self.settings.max_content_bytes)
         signed = _signed(body.get("signature"), body.get("timestamp"), body.get("nonce"))
-        message_id = await self.broker.send(channel, sender, content, signed)
-        return json_bytes(request, 200, {"ok": True, "id": message_id})
+        accepted = await self.broker.send(channel, sender, content, signed,
+                                          _idempotency_key(request, body))
+        answer: dict[str, object] = {"ok": True, "id": accepted.id}
+        if accepted.duplicate:
+            answer["duplicate"] = True
+        return json_bytes(request, 200, answer)
+
+    @app.route("/ack", methods=["POST"])
+    async def ack(self, request: IRequest) -> bytes:
+        """POST /ack {channel, agent, up_to} -> {ok, watermark}: commit a manual-ack read."""
+        _params(request)
+        body = _json_object(request)
+        channel = check_name(_required(body, "channel"), "channel")
+        agent = check_name(_required(body, "agent"), "agent")
+        _context(request, agent=agent, channel=channel)
+        up_to = body.get("up_to")
+        if not isinstance(up_to, int) or isinstance(up_to, bool) or up_to < 0:
+            raise InvalidInput("up_to must be a message id (a whole number)")
+        watermark = await self.broker.ack(channel, agent, up_to, _read_signature(request))
+        return json_bytes(request, 200, {"ok": True, "watermark": watermark})
 
     @app.route("/register", methods=["POST"])
     async def register(self, request: IRequest) -> bytes:
@@ -93,20 +114,37 @@ class HttpApi:
 
     @app.route("/messages", methods=["GET"])
     async def messages(self, request: IRequest) -> bytes:
-        """GET /messages?channel&agent[&wait=true&timeout=S&linger=S] -> [message, ...]."""
-        params = _params(request, "channel", "agent", "wait", "timeout", "linger")
+        """GET /messages?channel&agent[&wait&timeout&linger&limit&ack=manual] -> [message, ...];
+        GET /messages?channel&after_id[&limit] (no agent) -> history, moving nothing."""
+        params = _params(request, "channel", "agent", "wait", "timeout", "linger", "limit",
+                         "ack", "after_id")
+        limit = _whole(params, "limit", DEFAULT_PAGE, MAX_PAGE, minimum=1)
+        if "after_id" in params and "agent" not in params:
+            return await self._history(request, params, limit)
         if not params.get("channel") or not params.get("agent"):
             raise InvalidInput("channel and agent params required")
+        if "after_id" in params:
+            raise InvalidInput("after_id reads history and takes no agent")
         channel = check_name(params["channel"], "channel")
         agent = check_name(params["agent"], "agent")
         _context(request, agent=agent, channel=channel)
-        messages = await self.broker.read(
+        messages, more = await self.broker.read(
             channel, agent, _read_signature(request),
             wait=_flag(params.get("wait", ""), "wait"),
             timeout=_seconds(params, "timeout", self.settings.wait_timeout, MAX_WAIT_TIMEOUT),
             linger=_seconds(params, "linger", self.settings.linger, MAX_LINGER),
+            limit=limit, manual=_ack_mode(params.get("ack", "auto")),
         )
-        return json_bytes(request, 200, [m.as_json() for m in messages])
+        return _page(request, messages, more)
+
+    async def _history(self, request: IRequest, params: dict[str, str], limit: int) -> bytes:
+        channel = check_name(params.get("channel"), "channel")
+        if channel.startswith(RESERVED_PREFIX) and await self.broker.is_secure():
+            raise Rejected(f"history of {RESERVED_PREFIX} channels is not public in secure "
+                           "mode; read it as an operator", "security_channel")
+        after_id = _whole(params, "after_id", 0, 2**63 - 1)
+        messages, more = await self.broker.history(channel, after_id, limit)
+        return _page(request, messages, more)
 
     @app.route("/channels", methods=["GET"])
     async def channels(self, request: IRequest) -> bytes:
@@ -165,6 +203,10 @@ class HttpApi:
         allowed = ", ".join(failure.value.valid_methods or ())
         request.setHeader(b"Allow", allowed.encode("ascii"))
         return json_bytes(request, 405, {"error": f"method not allowed; use {allowed}"})
+
+    @app.handle_errors(Conflict)
+    def conflict(self, request: IRequest, failure: Failure) -> bytes:
+        return json_bytes(request, 409, {"error": str(failure.value)})
 
     @app.handle_errors(StorageError)
     def unavailable(self, request: IRequest, failure: Failure) -> bytes:
@@ -247,6 +289,37 @@ def _json_object(request: IRequest) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidInput("request body must be a JSON object")
     return body
+
+
+def _page(request: IRequest, messages: list[Any], more: bool) -> bytes:
+    # Whether more is waiting travels in a header, so the body stays el-ipc's plain list.
+    request.setHeader(b"X-Elipc-More", b"true" if more else b"false")
+    return json_bytes(request, 200, [m.as_json() for m in messages])
+
+
+def _ack_mode(value: str) -> bool:
+    if value not in ("auto", "manual"):
+        raise InvalidInput(f"ack must be auto or manual, not {value!r}")
+    return value == "manual"
+
+
+def _whole(params: dict[str, str], name: str, default: int, maximum: int,
+           minimum: int = 0) -> int:
+    if name not in params:
+        return default
+    text = params[name]
+    if not (text.isascii() and text.isdigit()) or not minimum <= int(text) <= maximum:
+        raise InvalidInput(f"{name} must be a whole number from {minimum} to {maximum}")
+    return int(text)
+
+
+def _idempotency_key(request: IRequest, body: dict[str, Any]) -> str | None:
+    header = request.getHeader(b"idempotency-key")
+    field = body.get("idempotency_key")
+    if header is not None and field is not None and header.decode("utf-8", "replace") != field:
+        raise InvalidInput("Idempotency-Key header and idempotency_key field differ")
+    key = field if header is None else _utf8(header, "Idempotency-Key")
+    return None if key is None else check_name(key, "idempotency key")
 
 
 def _context(request: IRequest, **fields: str) -> None:

@@ -82,7 +82,8 @@ class EndpointTests(WebCase):
         self.send("c")
         self.send("c")
         self.assertEqual(self.get("/health"), (200, {
-            "status": "ok", "pending": 0, "secure_mode": False, "security_events": {}}))
+            "status": "ok", "pending": 0, "secure_mode": False, "security_events": {},
+            "oldest_id": 1}))
         self.assertEqual(self.get("/health", channel="c", agent="r")[1]["pending"], 2)
 
     def test_agents_with_public_keys(self) -> None:
