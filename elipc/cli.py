@@ -8,7 +8,6 @@ exit status 1; usage errors exit 2.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sqlite3
 import sys
@@ -16,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from elipc import __version__, store
-from elipc.config import Settings, prepare_db_location
+from elipc.config import Settings, parse_duration, prepare_db_location
 from elipc.model import (
     ElipcError,
     Message,
@@ -26,6 +25,13 @@ from elipc.model import (
     check_name,
 )
 from elipc.operations import Policy, Rejected, Signed, accept_message, register
+from elipc.output import (
+    note_more_waiting,
+    print_agents,
+    print_json,
+    print_messages,
+    print_sent,
+)
 
 # How often `read --wait` looks for another process's commit (a cheap PRAGMA data_version).
 COMMIT_POLL_S = 0.01
@@ -47,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; return the process exit status."""
     args = _parse(sys.argv[1:] if argv is None else argv)
     try:
+        server = args.server or os.environ.get("IPC_SERVER_URL")
+        if server and args.command not in ("keygen", "serve"):
+            return _remote(args, server)
         return COMMANDS[args.command][0](args) or 0
     except ElipcError as e:
         return _fail(str(e))
@@ -56,6 +65,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _remote(args: argparse.Namespace, server: str) -> int:
+    from elipc.remote import REMOTE_COMMANDS, run
+
+    if args.command not in REMOTE_COMMANDS:
+        raise CommandError(f"{args.command} works on the local database only; "
+                           "unset --server / IPC_SERVER_URL")
+    content = None
+    if args.command == "send":
+        limit = _settings(args).max_content_bytes
+        content = check_content(_content(args.words, limit), limit)
+    run(args, server, content)
+    return 0
 
 
 def _fail(message: str) -> int:
@@ -77,9 +100,6 @@ def _open(settings: Settings) -> sqlite3.Connection:
         raise CommandError(f"{settings.db_path}: {e}") from None
 
 
-def _print_json(value: object, indent: int | None = None) -> None:
-    sys.stdout.write(json.dumps(value, indent=indent) + "\n")
-    sys.stdout.flush()
 
 
 # -- messages ------------------------------------------------------------------------------
@@ -102,7 +122,7 @@ def cmd_send(args: argparse.Namespace) -> None:
         raise CommandError(_explain_rejection(str(e), args.key, sender)) from None
     if signed.nonce:
         store.forget_nonces(conn, now - 2 * policy.window)
-    _print_json({"ok": True, "id": message_id, "channel": channel, "signed": bool(args.key)})
+    print_sent(message_id, channel, bool(args.key))
 
 
 def _sign(key_file: str, channel: str, sender: str, content: str, timestamp: int) -> Signed:
@@ -144,16 +164,18 @@ def cmd_read(args: argparse.Namespace) -> None:
     deadline = time.monotonic() + (args.timeout if args.wait else 0.0)
     while True:
         version = store.data_version(conn)
-        if store.read_unread(conn, channel, agent, deliver=deliver):
+        if store.read_unread(conn, channel, agent, deliver=deliver, limit=args.limit):
+            if store.peek_unread(conn, channel, agent, 1):
+                note_more_waiting(channel)
             return
         if not args.wait or not _await_commit(conn, version, deadline):
             break
-    _print_json([])
+    print_messages([])
 
 
 def _print_messages(messages: list[Message]) -> None:
     # Runs inside the read transaction: if printing fails, the watermark does not move.
-    _print_json([m.as_json() for m in messages], indent=2)
+    print_messages([m.as_json() for m in messages])
 
 
 def _verifying_printer(conn: sqlite3.Connection,
@@ -167,7 +189,7 @@ def _verifying_printer(conn: sqlite3.Connection,
             verified = sender is not None and identity.verify_message(
                 sender.public_key, channel, message)
             shapes.append({**message.as_json(), "verified": verified})
-        _print_json(shapes, indent=2)
+        print_messages(shapes)
     return deliver
 
 
@@ -182,7 +204,7 @@ def _await_commit(conn: sqlite3.Connection, version: int, deadline: float) -> bo
 
 def cmd_channels(args: argparse.Namespace) -> None:
     """List channels with their message counts, most recently active first."""
-    _print_json(store.list_channels(_open(_settings(args))), indent=2)
+    print_json(store.list_channels(_open(_settings(args))), indent=2)
 
 
 # -- identities ----------------------------------------------------------------------------
@@ -212,7 +234,7 @@ def _key_writer(prefix: str, private: str, public: str, force: bool,
 
     def write() -> None:
         key_file, pub_file = identity.save_keypair(prefix, private, public, force)
-        _print_json({"ok": True, "operator": name, "key": key_file, "public_key": pub_file})
+        print_json({"ok": True, "operator": name, "key": key_file, "public_key": pub_file})
     return write
 
 
@@ -260,19 +282,33 @@ def cmd_register(args: argparse.Namespace) -> None:
                  Policy.from_settings(settings))
     except Rejected as e:
         raise CommandError(str(e)) from None
-    _print_json({"ok": True, "message": f"Agent '{name}' registered by operator '{operator}'"})
+    print_json({"ok": True, "message": f"Agent '{name}' registered by operator '{operator}'"})
 
 
 def cmd_agents(args: argparse.Namespace) -> None:
     """List operators and agents, one line each as el-ipc does, with when each was added."""
-    agents = store.list_agents(_open(_settings(args)))
-    if not agents:
-        print("No agents registered (open mode — anyone can send)")
-    for a in agents:
-        ident = f" id={a.identity}" if a.identity else ""
-        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(a.created_at))
-        by = f" (registered by {a.registered_by}, {when})" if a.registered_by else f" ({when})"
-        print(f"  {'[' + a.role + ']':10s} {a.name}{ident}{by}")
+    print_agents(a.as_json() for a in store.list_agents(_open(_settings(args))))
+
+
+def cmd_history(args: argparse.Namespace) -> None:
+    """Print a channel's messages after an id, moving no watermark."""
+    channel = check_name(args.channel, "channel")
+    rows = store.history(_open(_settings(args)), channel, args.after_id, args.limit + 1)
+    print_messages([m.as_json() for m in rows[:args.limit]])
+    if len(rows) > args.limit:
+        note_more_waiting(channel)
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    """Delete messages older than --older-than (never anything newer)."""
+    age = parse_duration(args.older_than, "--older-than")
+    if age <= 0:
+        raise CommandError("--older-than must be more than 0")
+    conn = _open(_settings(args))
+    cutoff, deleted = time.time() - age, 0
+    while batch := store.delete_messages_before(conn, cutoff, 10_000):
+        deleted += batch
+    print_json({"ok": True, "deleted": deleted, "older_than_seconds": age})
 
 
 def cmd_agent_card(args: argparse.Namespace) -> None:
@@ -281,7 +317,7 @@ def cmd_agent_card(args: argparse.Namespace) -> None:
 
     settings = _settings(args)
     operator = store.first_operator(_open(settings))
-    _print_json(build_card(settings, operator.public_key if operator else None), indent=2)
+    print_json(build_card(settings, operator.public_key if operator else None), indent=2)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -304,6 +340,12 @@ def _timeout(text: str) -> float:
     return value
 
 
+def _page_size(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 10_000:
+        raise argparse.ArgumentTypeError("must be a whole number from 1 to 10000")
+    return int(text)
+
+
 def _define(sub: argparse.ArgumentParser, command: str) -> None:
     add = sub.add_argument
     if command == "send":
@@ -316,6 +358,14 @@ def _define(sub: argparse.ArgumentParser, command: str) -> None:
         add("--timeout", type=_timeout, default=30.0, help="seconds --wait waits (default 30)")
         add("--verify", action="store_true",
             help="check each signature against the directory; adds \"verified\"")
+        add("--limit", type=_page_size, default=1000, help="at most this many (default 1000)")
+        add("--key", help="remote mode: the agent's key, to sign the read (secure mode)")
+    elif command == "history":
+        add("channel")
+        add("--after-id", type=int, default=0, help="only messages with a higher id")
+        add("--limit", type=_page_size, default=1000, help="at most this many (default 1000)")
+    elif command == "prune":
+        add("--older-than", required=True, help="a duration: 7d, 12h, 30m, or seconds")
     elif command in ("seed", "keygen"):
         if command == "seed":
             add("name")
@@ -339,6 +389,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int | None], str]] = {
     "keygen": (cmd_keygen, "keygen [--out P]: generate an Ed25519 keypair"),
     "register": (cmd_register, "register <name> --pubkey F --as OP --key F: register an agent"),
     "agents": (cmd_agents, "agents: list operators and agents"),
+    "history": (cmd_history, "history <channel> [--after-id N] [--limit M]: past messages"),
+    "prune": (cmd_prune, "prune --older-than 7d: delete old messages"),
     "agent-card": (cmd_agent_card, "agent-card: print the A2A agent card"),
     "serve": (cmd_serve, "serve [port]: run the HTTP server"),
 }
@@ -352,6 +404,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     )
     top.add_argument("--version", action="version", version=f"elipc {__version__}")
     top.add_argument("--db", help="database file (default IPC_DB_PATH, else per-user state)")
+    top.add_argument("--server", metavar="URL",
+                     help="use this elipc server instead of the database (IPC_SERVER_URL)")
     top.add_argument("command")
     top.add_argument("args", nargs=argparse.REMAINDER)
     first = top.parse_args(argv)
@@ -360,5 +414,5 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     sub = _Parser(prog=f"elipc {first.command}", description=COMMANDS[first.command][1])
     _define(sub, first.command)
     args = sub.parse_intermixed_args(first.args)
-    args.command, args.db = first.command, first.db
+    args.command, args.db, args.server = first.command, first.db, first.server
     return args

@@ -138,6 +138,42 @@ class MessageCommandTests(CliCase):
         self.assertEqual([m["content"] for m in self.ok("read", "ch", "r").json()], ["precious"])
 
 
+class DeliveryCommandTests(CliCase):
+    """read --limit, history and prune."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        for i in range(5):
+            self.ok("send", "c", "a", f"m{i}")
+
+    def test_read_limit(self) -> None:
+        """read --limit returns that many, says more wait, and moves only past them."""
+        first = self.ok("read", "c", "r", "--limit", "2")
+        self.assertEqual([m["content"] for m in first.json()], ["m0", "m1"])
+        self.assertIn("more messages are waiting", first.err)
+        rest = self.ok("read", "c", "r", "--limit", "10")
+        self.assertEqual([m["content"] for m in rest.json()], ["m2", "m3", "m4"])
+        self.assertEqual(rest.err, "")
+        self.fails("from 1 to 10000", "read", "c", "r", "--limit", "0", code=2)
+
+    def test_history(self) -> None:
+        """history prints messages after an id and moves no watermark."""
+        shown = self.ok("history", "c", "--after-id", "3").json()
+        self.assertEqual([m["id"] for m in shown], [4, 5])
+        self.assertEqual(raw_rows(self.db, "SELECT COUNT(*) FROM watermarks")[0][0], 0)
+        self.assertIn("more messages", self.ok("history", "c", "--limit", "2").err)
+
+    def test_prune(self) -> None:
+        """prune deletes only messages older than the given age."""
+        raw_execute(self.db, ("UPDATE messages SET created_at = created_at - 8 * 86400 "
+                              "WHERE id <= 2", ()))
+        self.assertEqual(self.ok("prune", "--older-than", "7d").json()["deleted"], 2)
+        self.assertEqual([m["content"] for m in self.ok("read", "c", "r").json()],
+                         ["m2", "m3", "m4"])
+        self.fails("duration", "prune", "--older-than", "soon")
+        self.fails("more than 0", "prune", "--older-than", "0")
+
+
 class IdentityCommandTests(CliCase):
     """seed, keygen, register, agents and agent-card."""
 
