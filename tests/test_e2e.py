@@ -406,4 +406,4 @@ class PackagingTests(SynchronousTestCase):
         self.assertIn("twisted/plugins/elipc_plugin.py", names)
         self.assertNotIn("twisted/__init__.py", names)
         self.assertNotIn("twisted/plugins/__init__.py", names)
-        self.assertIn("elipc/store.py", names)
+        self.assertIn("elipc/store/__init__.py", names)

@@ -1,0 +1,67 @@
+"""All of elipc's queries (schema.py holds the tables and their migrations): plain functions
+`f(db, ...)` over a sqlite3 connection or cursor, in one package, by concern:
+
+- connection: opening, pragmas, transactions, errors, batches, noticing other processes;
+- messages: sending, reading, watermarks, acknowledgements, history, retention;
+- directory: operators and agents;
+- guards: nonces (replay protection) and idempotency keys.
+
+The CLI calls them on its own connection; the server calls the same functions through
+adbapi's runWithConnection. Connections run in autocommit mode and every write is one explicit
+`BEGIN IMMEDIATE ... COMMIT`, so nothing is half-written and writers queue on SQLite's lock.
+sqlite3 errors leave as StorageError. No Twisted import anywhere in here.
+"""
+
+from elipc.store.connection import (
+    BUSY_TIMEOUT_S,
+    Conflict,
+    SchemaTooNew,
+    StorageError,
+    channels_after,
+    configure,
+    data_version,
+    guarded,
+    last_message_id,
+    open_database,
+    run_batch,
+    transaction,
+)
+from elipc.store.directory import (
+    add_operator,
+    first_operator,
+    get_agent,
+    is_secure,
+    list_agents,
+    register_agent,
+)
+from elipc.store.guards import (
+    forget_idempotency,
+    forget_nonces,
+    idempotent_id,
+    remember_idempotency,
+    remember_nonce,
+)
+from elipc.store.messages import (
+    MessageRow,
+    acknowledge,
+    delete_messages_before,
+    history,
+    insert_message,
+    insert_messages,
+    list_channels,
+    oldest_message_id,
+    peek_unread,
+    pending_count,
+    read_unread,
+    watermark,
+)
+
+__all__ = [
+    "BUSY_TIMEOUT_S", "Conflict", "MessageRow", "SchemaTooNew", "StorageError", "acknowledge",
+    "add_operator", "channels_after", "configure", "data_version", "delete_messages_before",
+    "first_operator", "forget_idempotency", "forget_nonces", "get_agent", "guarded",
+    "history", "idempotent_id", "insert_message", "insert_messages", "is_secure",
+    "last_message_id", "list_agents", "list_channels", "oldest_message_id", "open_database",
+    "peek_unread", "pending_count", "read_unread", "register_agent", "remember_idempotency",
+    "remember_nonce", "run_batch", "transaction", "watermark",
+]

@@ -1,0 +1,153 @@
+"""Messages: sending, reading and watermarks, acknowledgements, history, retention."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from elipc.model import Message
+from elipc.store.connection import Conflict, WriteTransaction, guarded
+
+Deliver = Callable[[list[Message]], None]
+_MESSAGE_COLUMNS = "id, channel, sender, content, created_at, signature, signed_timestamp, nonce"
+
+MessageRow = tuple[str, str, str, str, "int | None", "str | None"]
+
+
+@guarded
+def insert_messages(db: Any, messages: Iterable[MessageRow], now: float) -> list[int]:
+    """Store (channel, sender, content, signature, signed_timestamp, nonce) rows in one
+    transaction; return their ids."""
+    with WriteTransaction(db):
+        return [
+            db.execute(
+                "INSERT INTO messages (channel, sender, content, created_at, signature, "
+                "signed_timestamp, nonce) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (channel, sender, content, now, signature, signed_timestamp, nonce),
+            ).lastrowid
+            for channel, sender, content, signature, signed_timestamp, nonce in messages
+        ]
+
+
+def insert_message(
+    db: Any, channel: str, sender: str, content: str, signature: str, now: float,
+    signed_timestamp: int | None = None, nonce: str | None = None,
+) -> int:
+    """Store one message and return its id."""
+    row = (channel, sender, content, signature, signed_timestamp, nonce)
+    return insert_messages(db, [row], now)[0]
+
+
+@guarded
+def delete_messages_before(db: Any, created_before: float, batch: int) -> int:
+    """Delete up to `batch` of the oldest messages stored before `created_before`."""
+    with WriteTransaction(db):
+        return int(db.execute(
+            "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE created_at < ? "
+            "ORDER BY created_at LIMIT ?)", (created_before, batch)).rowcount)
+
+
+@guarded
+def oldest_message_id(db: Any) -> int | None:
+    """The lowest message id still stored (None when there are none)."""
+    return db.execute("SELECT MIN(id) FROM messages").fetchone()[0]
+
+
+@guarded
+def read_unread(
+    db: Any, channel: str, agent: str, deliver: Deliver | None = None, limit: int = -1
+) -> list[Message]:
+    """Return `agent`'s unread messages on `channel`, oldest first, and move its watermark.
+
+    Both happen in one write transaction, so two readers for one agent never get the same
+    message. `deliver` (if given) is called with the messages before the watermark moves;
+    if it raises, nothing moves and the messages stay unread.
+    """
+    with WriteTransaction(db):
+        messages = _unread(db, channel, agent, limit)
+        if messages:
+            if deliver is not None:
+                deliver(messages)
+            _advance(db, channel, agent, messages[-1].id)
+    return messages
+
+
+def _unread(db: Any, channel: str, agent: str, limit: int) -> list[Message]:
+    rows = db.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE channel = ? AND id > ? "
+        "ORDER BY id LIMIT ?",
+        (channel, _watermark(db, channel, agent), limit),
+    ).fetchall()
+    return [Message(*row) for row in rows]
+
+
+def _watermark(db: Any, channel: str, agent: str) -> int:
+    row = db.execute(
+        "SELECT last_id FROM watermarks WHERE agent = ? AND channel = ?", (agent, channel)
+    ).fetchone()
+    return int(row[0] or 0) if row else 0
+
+
+def _advance(db: Any, channel: str, agent: str, last_id: int) -> None:
+    # max(): a watermark never moves backwards, whatever order writers commit in.
+    db.execute(
+        "INSERT INTO watermarks (agent, channel, last_id) VALUES (?, ?, ?) "
+        "ON CONFLICT (agent, channel) DO UPDATE SET last_id = max(last_id, excluded.last_id)",
+        (agent, channel, last_id),
+    )
+
+
+@guarded
+def peek_unread(db: Any, channel: str, agent: str, limit: int) -> list[Message]:
+    """`agent`'s unread messages on `channel`, oldest first, without moving anything."""
+    return _unread(db, channel, agent, limit)
+
+
+@guarded
+def acknowledge(db: Any, channel: str, agent: str, up_to: int) -> int:
+    """Move `agent`'s watermark on `channel` to `up_to` (never backwards); return it.
+
+    Conflict if `up_to` is beyond the channel's last message: acknowledging what was never
+    delivered would skip messages not yet sent.
+    """
+    with WriteTransaction(db):
+        last = db.execute("SELECT COALESCE(MAX(id), 0) FROM messages WHERE channel = ?",
+                          (channel,)).fetchone()[0]
+        if up_to > last:
+            raise Conflict(f"up_to {up_to} is past the last message on {channel} ({last})")
+        _advance(db, channel, agent, up_to)
+        return _watermark(db, channel, agent)
+
+
+@guarded
+def history(db: Any, channel: str, after_id: int, limit: int) -> list[Message]:
+    """Messages of `channel` with ids above `after_id`, oldest first; moves nothing."""
+    rows = db.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE channel = ? AND id > ? "
+        "ORDER BY id LIMIT ?", (channel, after_id, limit)).fetchall()
+    return [Message(*row) for row in rows]
+
+
+@guarded
+def watermark(db: Any, channel: str, agent: str) -> int:
+    """The id of the last message `agent` has read on `channel` (0 if it never read)."""
+    return _watermark(db, channel, agent)
+
+
+@guarded
+def pending_count(db: Any, channel: str, agent: str) -> int:
+    """How many messages on `channel` are unread by `agent`."""
+    return int(db.execute(
+        "SELECT COUNT(*) FROM messages WHERE channel = ? AND id > ?",
+        (channel, _watermark(db, channel, agent)),
+    ).fetchone()[0])
+
+
+@guarded
+def list_channels(db: Any) -> list[dict[str, object]]:
+    """Every channel with its message count and last message time, most recent first."""
+    rows = db.execute(
+        "SELECT channel, COUNT(*), MAX(created_at) AS last FROM messages "
+        "GROUP BY channel ORDER BY last DESC"
+    ).fetchall()
+    return [{"channel": c, "count": n, "last_message": last} for c, n, last in rows]
