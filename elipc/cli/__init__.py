@@ -14,7 +14,8 @@ import sys
 import time
 from collections.abc import Callable
 
-from elipc import __version__, store
+from elipc import store
+from elipc.cli.arguments import parse
 from elipc.config import Settings, parse_duration, prepare_db_location
 from elipc.model import (
     ElipcError,
@@ -35,28 +36,20 @@ from elipc.output import (
 
 # How often `read --wait` looks for another process's commit (a cheap PRAGMA data_version).
 COMMIT_POLL_S = 0.01
-MAX_CLI_WAIT_S = 24 * 3600.0
 
 
 class CommandError(ElipcError):
     """A command cannot do what was asked; the message says why."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (exit 2), not a usage dump."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return the process exit status."""
-    args = _parse(sys.argv[1:] if argv is None else argv)
+    args = parse(sys.argv[1:] if argv is None else argv)
     try:
         server = args.server or os.environ.get("IPC_SERVER_URL")
         if server and args.command not in ("keygen", "serve"):
             return _remote(args, server)
-        return COMMANDS[args.command][0](args) or 0
+        return COMMANDS[args.command](args) or 0
     except ElipcError as e:
         return _fail(str(e))
     except BrokenPipeError:
@@ -327,92 +320,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run(port=args.port, db_path=args.db)
 
 
-# -- argument parsing ----------------------------------------------------------------------
-
-
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= value <= MAX_CLI_WAIT_S:
-        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_CLI_WAIT_S:g} seconds")
-    return value
-
-
-def _page_size(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 10_000:
-        raise argparse.ArgumentTypeError("must be a whole number from 1 to 10000")
-    return int(text)
-
-
-def _define(sub: argparse.ArgumentParser, command: str) -> None:
-    add = sub.add_argument
-    if command == "send":
-        add("channel"), add("sender")
-        add("words", nargs="+", metavar="message", help="words joined by spaces; - reads stdin")
-        add("--key", help="private key file to sign with (required in secure mode)")
-    elif command == "read":
-        add("channel"), add("agent")
-        add("--wait", action="store_true", help="block until a first message arrives")
-        add("--timeout", type=_timeout, default=30.0, help="seconds --wait waits (default 30)")
-        add("--verify", action="store_true",
-            help="check each signature against the directory; adds \"verified\"")
-        add("--limit", type=_page_size, default=1000, help="at most this many (default 1000)")
-        add("--key", help="remote mode: the agent's key, to sign the read (secure mode)")
-    elif command == "history":
-        add("channel")
-        add("--after-id", type=int, default=0, help="only messages with a higher id")
-        add("--limit", type=_page_size, default=1000, help="at most this many (default 1000)")
-    elif command == "prune":
-        add("--older-than", required=True, help="a duration: 7d, 12h, 30m, or seconds")
-    elif command in ("seed", "keygen"):
-        if command == "seed":
-            add("name")
-        add("--out", metavar="PREFIX", help="write PREFIX.key (0600) and PREFIX.pub")
-        add("--force", action="store_true", help="overwrite existing key files")
-    elif command == "register":
-        add("name")
-        add("--pubkey", required=True, help="the agent's public key file")
-        add("--as", dest="operator", required=True, help="the authorizing operator")
-        add("--key", required=True, help="the operator's private key file (read locally)")
-        add("--identity", default="", help="a secondary identifier (UUID, description)")
-    elif command == "serve":
-        add("port", nargs="?", help="port number or Twisted endpoint (default IPC_PORT)")
-
-
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int | None], str]] = {
-    "send": (cmd_send, "send <channel> <from> <msg...> [--key F]: send a message"),
-    "read": (cmd_read, "read <channel> <agent> [--wait [--timeout S]] [--verify]: read"),
-    "channels": (cmd_channels, "channels: list channels"),
-    "seed": (cmd_seed, "seed <name> [--out P]: create an operator keypair"),
-    "keygen": (cmd_keygen, "keygen [--out P]: generate an Ed25519 keypair"),
-    "register": (cmd_register, "register <name> --pubkey F --as OP --key F: register an agent"),
-    "agents": (cmd_agents, "agents: list operators and agents"),
-    "history": (cmd_history, "history <channel> [--after-id N] [--limit M]: past messages"),
-    "prune": (cmd_prune, "prune --older-than 7d: delete old messages"),
-    "agent-card": (cmd_agent_card, "agent-card: print the A2A agent card"),
-    "serve": (cmd_serve, "serve [port]: run the HTTP server"),
+COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {
+    "send": cmd_send,
+    "read": cmd_read,
+    "channels": cmd_channels,
+    "seed": cmd_seed,
+    "keygen": cmd_keygen,
+    "register": cmd_register,
+    "agents": cmd_agents,
+    "history": cmd_history,
+    "prune": cmd_prune,
+    "agent-card": cmd_agent_card,
+    "serve": cmd_serve,
 }
-
-
-def _parse(argv: list[str]) -> argparse.Namespace:
-    top = _Parser(
-        prog="elipc", description="Inter-agent message queue.",
-        epilog="commands:\n  " + "\n  ".join(help for _, help in COMMANDS.values()),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    top.add_argument("--version", action="version", version=f"elipc {__version__}")
-    top.add_argument("--db", help="database file (default IPC_DB_PATH, else per-user state)")
-    top.add_argument("--server", metavar="URL",
-                     help="use this elipc server instead of the database (IPC_SERVER_URL)")
-    top.add_argument("command")
-    top.add_argument("args", nargs=argparse.REMAINDER)
-    first = top.parse_args(argv)
-    if first.command not in COMMANDS:
-        top.error(f"unknown command {first.command!r}; commands: {', '.join(COMMANDS)}")
-    sub = _Parser(prog=f"elipc {first.command}", description=COMMANDS[first.command][1])
-    _define(sub, first.command)
-    args = sub.parse_intermixed_args(first.args)
-    args.command, args.db, args.server = first.command, first.db, first.server
-    return args
