@@ -179,13 +179,11 @@ class HttpApi:
         _params(request)
         return json_bytes(request, 200, await self.broker.agent_card())
 
-    @app.handle_errors(InvalidInput)
-    def invalid(self, request: IRequest, failure: Failure) -> bytes:
-        return json_bytes(request, 400, {"error": str(failure.value)})
-
-    @app.handle_errors(HttpError)
+    @app.handle_errors(InvalidInput, HttpError, Conflict)
     def refused(self, request: IRequest, failure: Failure) -> bytes:
-        return json_bytes(request, failure.value.status, {"error": str(failure.value)})
+        # Conflict is a StorageError: its handler must come before the 503 one below.
+        status = getattr(failure.value, "status", 409 if failure.check(Conflict) else 400)
+        return json_bytes(request, status, {"error": str(failure.value)})
 
     @app.handle_errors(Rejected)
     def rejected(self, request: IRequest, failure: Failure) -> bytes:
@@ -203,10 +201,6 @@ class HttpApi:
         allowed = ", ".join(failure.value.valid_methods or ())
         request.setHeader(b"Allow", allowed.encode("ascii"))
         return json_bytes(request, 405, {"error": f"method not allowed; use {allowed}"})
-
-    @app.handle_errors(Conflict)
-    def conflict(self, request: IRequest, failure: Failure) -> bytes:
-        return json_bytes(request, 409, {"error": str(failure.value)})
 
     @app.handle_errors(StorageError)
     def unavailable(self, request: IRequest, failure: Failure) -> bytes:
