@@ -23,6 +23,7 @@ from elipc.config import (
     MAX_REPLAY_WINDOW,
     ConfigError,
     Settings,
+    parse_duration,
     prepare_db_location,
     seconds_setting,
 )
@@ -49,6 +50,8 @@ class Options(usage.Options):
         ["agent-desc", None, None, "description in the agent card (default IPC_AGENT_DESC)"],
         ["agent-url", None, None, "public URL in the agent card (default IPC_AGENT_URL)"],
         ["replay-window", None, None, "seconds a signed timestamp stays valid (default 300)"],
+        ["retention", None, None, "delete messages older than this: 7d, 12h, or seconds "
+                                  "(default IPC_RETENTION, else keep everything)"],
     ]
     optFlags = [
         ["strict-signatures", None,
@@ -76,6 +79,8 @@ def settings_from(options: Any, environ: dict[str, str] | None = None) -> Settin
                                                  MAX_REPLAY_WINDOW)
     if options["strict-signatures"]:
         settings.strict_signatures = True
+    if options["retention"] is not None:
+        settings.retention = parse_duration(options["retention"], "--retention")
     for option, name in (("agent-name", "agent_name"), ("agent-desc", "agent_desc"),
                          ("agent-url", "agent_url")):
         if options[option]:
@@ -107,11 +112,13 @@ class ElipcService(MultiService):
         self.port = port
         log.info(
             "elipc {version} listening on {address}; database {db}; API key {api_key}; "
-            "linger {linger} s; signatures {signatures}; replay window {window} s",
+            "linger {linger} s; signatures {signatures}; replay window {window} s; "
+            "retention {retention}",
             version=__version__, address=_describe(port.getHost()),
             db=self.settings.db_path, linger=self.settings.linger,
             signatures="strict" if self.settings.strict_signatures else "el-ipc accepted",
             window=self.settings.replay_window,
+            retention=f"{self.settings.retention:g} s" if self.settings.retention else "off",
             api_key="required" if self.settings.api_key else "not set",
         )
 
