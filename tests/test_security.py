@@ -159,6 +159,26 @@ class ReadTests(SecureCase):
         self.assertEqual(self.read("c", "bob", self.bob.read_headers("other", self.now))[0], 403)
         self.assert_unmoved()
 
+    def test_acks_are_signed(self) -> None:
+        """POST /ack in secure mode needs the agent's ack signature over up_to."""
+        def ack(headers: dict[str, list[str]], up_to: int = 1) -> int:
+            body = {"channel": "c", "agent": "bob", "up_to": up_to}
+            return self.answer(self.http.post(self.server.url("/ack"),
+                                              data=json.dumps(body).encode(),
+                                              headers=headers))[0]
+
+        def signed(holder: Keyholder, up_to: int) -> dict[str, list[str]]:
+            nonce = identity.new_nonce()
+            payload = identity.ack_payload("c", "bob", up_to, self.now, nonce)
+            return {"X-Elipc-Timestamp": [str(self.now)], "X-Elipc-Nonce": [nonce],
+                    "X-Elipc-Signature": [identity.sign(holder.key, payload)]}
+
+        self.assertEqual(ack({}), 401)
+        self.assertEqual(ack(signed(self.herald, 1)), 403)
+        self.assertEqual(ack(signed(self.bob, 0), up_to=1), 403)  # signed for another up_to
+        self.assert_unmoved()
+        self.assertEqual(ack(signed(self.bob, 1)), 200)
+
     def test_signed_long_poll(self) -> None:
         """A signed long-poll waits and is woken like any other."""
         pending = self.http.get(self.server.url("/messages?channel=w&agent=bob&wait=true"),

@@ -226,6 +226,58 @@ class LongPollTests(WebCase):
         self.assertEqual(self.server.writer.calls, calls)
 
 
+class IdempotencyTests(WebCase):
+    """A repeated Idempotency-Key stores nothing and answers the first send's id."""
+
+    def send_with(self, sender: str, key: str, content: str = "x",
+                  as_header: bool = True) -> tuple[int, Any]:
+        body: dict[str, Any] = {"channel": "c", "sender": sender, "content": content}
+        if as_header:
+            return self.post("/send", body, Idempotency_Key=key)
+        return self.post("/send", {**body, "idempotency_key": key})
+
+    def test_repeat_is_duplicate(self) -> None:
+        """The same key twice (header or field) gives the first id with duplicate: true."""
+        self.assertEqual(self.send_with("a", "k-1"), (200, {"ok": True, "id": 1}))
+        self.assertEqual(self.send_with("a", "k-1", "changed", as_header=False),
+                         (200, {"ok": True, "id": 1, "duplicate": True}))
+        self.assertEqual(self.stored(), 1)
+
+    def test_keys_are_per_sender(self) -> None:
+        """Another sender's identical key is another send."""
+        self.send_with("a", "k-1")
+        self.assertEqual(self.send_with("b", "k-1"), (200, {"ok": True, "id": 2}))
+
+    def test_forgotten_after_a_day(self) -> None:
+        """After 24 hours the pruner forgets the key and it stores anew."""
+        self.send_with("a", "k-1")
+        self.server.broker.start()
+        self.server.clock.advance(24 * 3600 + 61)
+        self.assertEqual(self.send_with("a", "k-1"), (200, {"ok": True, "id": 2}))
+
+    def test_header_and_field_must_agree(self) -> None:
+        """Different keys in the header and the field are a 400."""
+        answer = self.post("/send", {"channel": "c", "sender": "a", "content": "x",
+                                     "idempotency_key": "one"}, Idempotency_Key="two")
+        self.assertEqual(answer[0], 400)
+
+
+class RetentionTimerTests(WebCase):
+    """With a retention period, the server deletes old messages on its own."""
+
+    environ = {"IPC_RETENTION": "1h"}
+
+    def test_timer_prunes(self) -> None:
+        """Messages pass out of the window and are deleted by the next pass."""
+        self.send("c", content="old")
+        self.server.broker.start()
+        self.server.clock.advance(1800)
+        self.send("c", content="new")
+        self.server.clock.advance(1800 + 60)
+        self.assertEqual([m["content"] for m in self.get("/messages", channel="c",
+                                                          agent="r")[1]], ["new"])
+
+
 class ApiKeyTests(WebCase):
     """With IPC_API_KEY, every request needs Authorization: Bearer <key>."""
 
@@ -329,6 +381,12 @@ class BadInputTests(WebCase):
             self.bad(400, "timeout", self.get("/messages", channel="c", agent="a",
                                               wait="true", timeout=value))
         self.bad(400, "linger", self.get("/messages", channel="c", agent="a", linger="99"))
+        for value in ("0", "10001", "x", "-5"):
+            self.bad(400, "limit", self.get("/messages", channel="c", agent="a", limit=value))
+        self.bad(400, "ack must be", self.get("/messages", channel="c", agent="a", ack="maybe"))
+        self.bad(400, "after_id", self.get("/messages", channel="c", agent="a", after_id="1"))
+        self.bad(400, "after_id", self.get("/messages", channel="c", after_id="x"))
+        self.bad(400, "up_to", self.post("/ack", {"channel": "c", "agent": "a", "up_to": "1"}))
         self.bad(400, "control characters", self.get("/messages", channel="c\x00", agent="a"))
         self.bad(400, "not valid UTF-8", self.answer(self.http.get(
             self.server.url("/messages?channel=%FF&agent=a"))))
