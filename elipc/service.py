@@ -31,6 +31,7 @@ from elipc.database import Database, sqlite_pool
 from elipc.web import make_site
 
 log = Logger(namespace="elipc.service")
+FULL_COLLECTION_THRESHOLD = 40  # CPython's default is 10
 
 
 class Options(usage.Options):
@@ -105,6 +106,12 @@ class ElipcService(MultiService):
         # Everything loaded so far lives as long as the process: keep the cyclic collector's
         # full passes from walking it again and again (they showed as 25-30 ms stalls).
         gc.freeze()
+        # Thousands of parked long-polls make the heap large, and a full pass over it takes
+        # up to a second while finding almost nothing to free: run full passes four times
+        # less often (measured: 10,000 long-polls all answered within 2 s instead of 16 late,
+        # memory +20 MB). Young collections, which keep latency low, are unchanged.
+        young, middle, _ = gc.get_threshold()
+        gc.set_threshold(young, middle, FULL_COLLECTION_THRESHOLD)
         endpoint = endpoints.serverFromString(self.reactor, self.settings.listen)
         endpoint.listen(self.site).addCallbacks(self._listening, self._cannot_listen)
 
