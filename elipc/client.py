@@ -91,7 +91,7 @@ class Client:
             payload = identity.send_payload(channel, sender, timestamp, nonce, content)
             body.update(timestamp=timestamp, nonce=nonce,
                         signature=identity.sign(self.key, payload))
-        answer, _ = await self._call("POST", "/send", body=lambda: body)
+        answer, _ = await self._call("POST", "/send", body=body)
         return answer  # type: ignore[no-any-return]
 
     async def read(self, channel: str, agent: str | None = None, wait: bool = False,
@@ -115,7 +115,7 @@ class Client:
         """Move the watermark past message `up_to`; returns the watermark."""
         agent = self._name(agent)
         answer, _ = await self._call(
-            "POST", "/ack", body=lambda: {"channel": channel, "agent": agent, "up_to": up_to},
+            "POST", "/ack", body={"channel": channel, "agent": agent, "up_to": up_to},
             headers=lambda: self._read_headers(
                 lambda c, a, t, n: identity.ack_payload(c, a, up_to, t, n), channel, agent))
         return int(answer["watermark"])
@@ -194,15 +194,15 @@ class Client:
                 "X-Elipc-Signature": [signature]}
 
     async def _call(self, method: str, path: str, params: dict[str, Any] | None = None,
-                    body: Callable[[], dict[str, Any]] | None = None,
+                    body: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
                     headers: Callable[[], dict[str, list[str]]] | None = None,
                     timeout: float = REQUEST_TIMEOUT_S) -> tuple[Any, bool]:
-        """One request with retries; `body` and `headers` are rebuilt per attempt only where
-        they must be (a send's body is built once: same signature, same idempotency key)."""
+        """One request with retries. A `body` dict is sent as is on every attempt (a send:
+        same signature, same idempotency key); a callable `body`, and `headers`, are rebuilt
+        per attempt (fresh timestamps and nonces)."""
         url = self.base_url + path + (("?" + urlencode(params)) if params else "")
-        fixed_body = body() if body is not None and path == "/send" else None
         for attempt in range(self.retries + 1):
-            data = fixed_body if fixed_body is not None else (body() if body else None)
+            data = body() if callable(body) else body
             all_headers = {**self._auth, **(headers() if headers else {})}
             try:
                 pending = self.http.request(method, url, json=data, headers=all_headers)
