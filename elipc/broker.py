@@ -26,7 +26,7 @@ from elipc.waiters import Waiters
 
 # While anyone waits, how often the writer checks for other processes' commits.
 EXTERNAL_COMMIT_POLL_S = 0.01
-NONCE_PRUNE_INTERVAL_S = 60.0
+HOUSEKEEPING_INTERVAL_S = 60.0
 IDEMPOTENCY_WINDOW_S = 24 * 3600.0
 RETENTION_BATCH = 1000
 EVENTS_PER_MINUTE = 60
@@ -48,7 +48,7 @@ class Broker:
         self._poller = LoopingCall(self._poll_external_commits)
         self._poller.clock = clock
         self.waiters.on_first_waiter = self._start_polling
-        self._pruner = LoopingCall(self._prune_nonces)
+        self._pruner = LoopingCall(self._forget_expired)
         self._pruner.clock = clock
         self._retention = LoopingCall(self._retention_tick)
         self._retention.clock = clock
@@ -56,9 +56,9 @@ class Broker:
     def start(self) -> None:
         """Start the timers: forgetting nonces and idempotency keys past their windows and,
         with a retention period, deleting older messages."""
-        self._pruner.start(NONCE_PRUNE_INTERVAL_S, now=False)
+        self._pruner.start(HOUSEKEEPING_INTERVAL_S, now=False)
         if self._settings.retention:
-            self._retention.start(NONCE_PRUNE_INTERVAL_S, now=True)
+            self._retention.start(HOUSEKEEPING_INTERVAL_S, now=True)
 
     async def send(self, channel: str, sender: str, content: str, signed: operations.Signed,
                    idempotency_key: str | None = None) -> operations.Accepted:
@@ -180,8 +180,9 @@ class Broker:
             return
         self._db.poll()
 
-    def _prune_nonces(self) -> None:
-        # A nonce matters while its timestamp can still pass the window check: twice the window.
+    def _forget_expired(self) -> None:
+        # A nonce matters while its timestamp can still pass the window check: twice the window;
+        # an idempotency key for a day.
         now = self._clock.seconds()
         self._db.write(store.forget_nonces, now - 2 * self.policy.window).addErrback(
             lambda f: log.failure("could not forget old nonces", f))
