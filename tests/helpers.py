@@ -92,6 +92,17 @@ def cli_env(db_path: str | None, **extra: str) -> dict[str, str]:
     return env
 
 
+def run_with_closed_stdout(argv: list[str], env: dict[str, str]) -> int:
+    """Run a process whose stdout is a pipe nobody reads (its reader died); return its status."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(argv, env=env, stdout=write_end, stderr=subprocess.DEVNULL,
+                              timeout=SUBPROCESS_TIMEOUT_S).returncode
+    finally:
+        os.close(write_end)
+
+
 def run_cli(
     db_path: str | None, *args: str, cwd: str | None = None, stdin: str | None = None,
     **env: str,

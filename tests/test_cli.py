@@ -20,6 +20,7 @@ from tests.helpers import (
     raw_execute,
     raw_rows,
     run_cli,
+    run_with_closed_stdout,
     temp_dir,
 )
 
@@ -125,15 +126,8 @@ class MessageCommandTests(CliCase):
     def test_output_failure_keeps_messages_unread(self) -> None:
         """A reader whose stdout is gone moves no watermark: the messages are read again."""
         self.ok("send", "ch", "a", "precious")
-        read_end, write_end = os.pipe()
-        os.close(read_end)
-        try:
-            code = subprocess.run(
-                [sys.executable, "-m", "elipc", "read", "ch", "r"], env=cli_env(self.db),
-                stdout=write_end, stderr=subprocess.DEVNULL, timeout=SUBPROCESS_TIMEOUT_S,
-            ).returncode
-        finally:
-            os.close(write_end)
+        code = run_with_closed_stdout([sys.executable, "-m", "elipc", "read", "ch", "r"],
+                                      cli_env(self.db))
         self.assertNotEqual(code, 0)
         self.assertEqual([m["content"] for m in self.ok("read", "ch", "r").json()], ["precious"])
 

@@ -22,7 +22,14 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from elipc import identity
-from tests.helpers import SUBPROCESS_TIMEOUT_S, Keyholder, cli_env, run_cli, temp_dir
+from tests.helpers import (
+    SUBPROCESS_TIMEOUT_S,
+    Keyholder,
+    cli_env,
+    run_cli,
+    run_with_closed_stdout,
+    temp_dir,
+)
 
 BIN = os.path.dirname(sys.executable)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -300,15 +307,9 @@ class RemoteCliTests(ServerCase):
     def test_acknowledges_only_after_printing(self) -> None:
         """A remote reader whose output fails leaves the messages unacknowledged."""
         self.local("send", "c", "a", "precious")
-        read_end, write_end = os.pipe()
-        os.close(read_end)
-        try:
-            code = subprocess.run(
-                [sys.executable, "-m", "elipc", "--server", self.base, "read", "c", "r",
-                 "--wait"], env=cli_env(None), stdout=write_end, stderr=subprocess.DEVNULL,
-                timeout=SUBPROCESS_TIMEOUT_S).returncode
-        finally:
-            os.close(write_end)
+        code = run_with_closed_stdout(
+            [sys.executable, "-m", "elipc", "--server", self.base, "read", "c", "r", "--wait"],
+            cli_env(None))
         self.assertNotEqual(code, 0)
         self.assertIn("precious", self.remote("read", "c", "r"))
 
