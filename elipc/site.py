@@ -116,12 +116,24 @@ class Front(Resource):
         if self._expected and not self._authorized(request):
             self._security("api_key", "missing or wrong API key", remote_address(request))
             return json_bytes(request, 401, {"error": "unauthorized"})
+        if not _url_is_utf8(request):
+            # Klein would answer this in plain text; keep the API's JSON errors.
+            return json_bytes(request, 400, {"error": "the URL's path or host is not valid UTF-8"})
         return self._app.render(request)
 
     def _authorized(self, request: IRequest) -> bool:
         given = request.getHeader(b"authorization") or b""
         # Constant time, whatever the length or content of what was sent.
         return hmac.compare_digest(given, self._expected)
+
+
+def _url_is_utf8(request: IRequest) -> bool:
+    try:
+        for part in (*request.postpath, request.getRequestHostname()):
+            part.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _log_gone(failure: Failure, request: ElipcRequest) -> None:

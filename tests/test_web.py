@@ -433,6 +433,11 @@ class RawHttpTests(SynchronousTestCase):
         raw, _ = self.exchange(b"POST /send HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertEqual(self.json_error(raw), (411, "Content-Length required"))
 
+    def test_path_not_utf8(self) -> None:
+        """A path that is not UTF-8 once unquoted is a JSON 400, not Klein's plain text."""
+        raw, _ = self.exchange(b"GET /%FF HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(self.json_error(raw), (400, "the URL's path or host is not valid UTF-8"))
+
     def test_chunked_oversize(self) -> None:
         """A chunked body that grows past the limit is 413 and is not kept."""
         self.server.site.max_body_bytes = 10
