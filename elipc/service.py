@@ -5,6 +5,7 @@ foreground runner behind `elipc serve`. Only this module knows twistd.
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from typing import Any
 
@@ -98,7 +99,6 @@ class ElipcService(MultiService):
         self.settings, self.broker, self.database = settings, broker, database
         self.site, self.reactor = site, reactor
         self.port: IListeningPort | None = None
-        self.failed = False
 
     def startService(self) -> None:
         super().startService()
@@ -132,8 +132,11 @@ class ElipcService(MultiService):
     def _cannot_listen(self, failure: Failure) -> None:
         log.critical("cannot listen on {listen}: {reason}", listen=self.settings.listen,
                      reason=failure.getErrorMessage())
-        self.failed = True
-        self.reactor.stop()
+        # twist/twistd give a service no say in the exit status: end with 1 once shutdown
+        # is done, so a supervisor sees the failure.
+        self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        # twist starts services before the reactor runs: stop it once it does.
+        self.reactor.callWhenRunning(self.reactor.stop)
 
     async def _stop(self) -> None:
         self.broker.stop()
@@ -174,7 +177,7 @@ def makeService(options: Options, reactor: Any = None) -> ElipcService:
     return ElipcService(settings, broker, database, make_site(broker, settings, reactor), reactor)
 
 
-def run(port: str | None = None, db_path: str | None = None) -> int:
+def run(port: str | None = None, db_path: str | None = None) -> None:
     """`elipc serve`: run the server in the foreground, logging to stderr, until a signal."""
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
@@ -190,4 +193,3 @@ def run(port: str | None = None, db_path: str | None = None) -> int:
     reactor.callWhenRunning(service.startService)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
-    return 1 if service.failed else 0

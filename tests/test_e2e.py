@@ -368,6 +368,18 @@ class RunnerTests(ServerCase):
         self.assertEqual(completed.returncode, 1)
         self.assertIn("cannot listen", completed.stderr)
 
+    def test_port_in_use_fails_under_twist(self) -> None:
+        """Under twist too, a port already taken ends the process with status 1."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", self.port))
+            taken.listen()
+            completed = subprocess.run(
+                [os.path.join(BIN, "twist"), "--log-format=text", "elipc", "--port",
+                 str(self.port)], env=cli_env(self.db), capture_output=True, text=True,
+                timeout=SUBPROCESS_TIMEOUT_S)
+        self.assertEqual(completed.returncode, 1)
+        self.assertIn("cannot listen", completed.stdout + completed.stderr)
+
     def test_unusable_database_fails_fast(self) -> None:
         """A corrupt database stops start-up with one clear line."""
         with open(self.db, "wb") as f:

@@ -317,7 +317,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the HTTP server in the foreground (the same service as `twist elipc`)."""
     from elipc.service import run
 
-    return run(port=args.port, db_path=args.db)
+    run(port=args.port, db_path=args.db)
+    return 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {
