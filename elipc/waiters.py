@@ -40,10 +40,6 @@ class Waiters:
         waiter.addTimeout(timeout, self._clock, onTimeoutCancel=_timed_out)
         return waiter
 
-    def waiting_on(self) -> set[str]:
-        """The channels someone is waiting on."""
-        return set(self._by_channel)
-
     def wake(self, channel: str) -> None:
         """Fire every waiter of `channel` with True."""
         for waiter in self._by_channel.pop(channel, ()):
