@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from elipc import operations, store
 from elipc.agentcard import build_card
-from elipc.config import Settings
+from elipc.config import DEFAULT_PAGE, Settings
 from elipc.database import Database
 from elipc.model import SECURITY_CHANNEL, Agent, Message
 from elipc.waiters import Waiters
@@ -84,7 +84,7 @@ class Broker:
 
     async def read(
         self, channel: str, agent: str, signed: operations.Signed | None, wait: bool,
-        timeout: float, linger: float, limit: int = 1000, manual: bool = False,
+        timeout: float, linger: float, limit: int = DEFAULT_PAGE, manual: bool = False,
     ) -> tuple[list[Message], bool]:
         """Up to `limit` unread messages for `agent`, and whether more are waiting; with
         `wait`, block for a first one.

@@ -15,6 +15,8 @@ DEFAULT_MAX_CONTENT_BYTES = 1024 * 1024
 DEFAULT_WAIT_TIMEOUT = 30.0
 MAX_WAIT_TIMEOUT = 300.0
 MAX_LINGER = 30.0
+DEFAULT_PAGE = 1000
+MAX_PAGE = 10_000
 DEFAULT_REPLAY_WINDOW = 300.0
 MAX_REPLAY_WINDOW = 24 * 3600.0
 DEFAULT_AGENT_NAME = "el-ipc agent"
@@ -151,7 +153,7 @@ def seconds_setting(value: object, name: str, maximum: float) -> float:
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number of seconds, not {value!r}") from None
+        raise ConfigError(f"{name} is not a number of seconds: {value!r}") from None
     if not 0 <= number <= maximum:  # also refuses NaN
         raise ConfigError(f"{name} must be between 0 and {maximum:g} seconds")
     return number

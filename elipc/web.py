@@ -7,7 +7,6 @@ server's own faults). site.py refuses what never reaches a route, also with JSON
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -19,7 +18,15 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from elipc.broker import Broker
-from elipc.config import MAX_LINGER, MAX_WAIT_TIMEOUT, Settings
+from elipc.config import (
+    DEFAULT_PAGE,
+    MAX_LINGER,
+    MAX_PAGE,
+    MAX_WAIT_TIMEOUT,
+    ConfigError,
+    Settings,
+    seconds_setting,
+)
 from elipc.identity import IdentityError, decode_signature, did_key, parse_public_key
 from elipc.model import (
     RESERVED_PREFIX,
@@ -37,8 +44,6 @@ from elipc.store import Conflict, StorageError
 
 log = Logger(namespace="elipc.web")
 READ_HEADERS = (b"x-elipc-timestamp", b"x-elipc-nonce", b"x-elipc-signature")
-DEFAULT_PAGE = 1000
-MAX_PAGE = 10_000
 
 
 class HttpError(Exception):
@@ -260,12 +265,9 @@ def _seconds(params: dict[str, str], name: str, default: float, maximum: float) 
     if name not in params:
         return default
     try:
-        value = float(params[name])
-    except ValueError:
-        raise InvalidInput(f"{name} must be a number of seconds") from None
-    if not math.isfinite(value) or not 0 <= value <= maximum:
-        raise InvalidInput(f"{name} must be between 0 and {maximum:g} seconds")
-    return value
+        return seconds_setting(params[name], name, maximum)
+    except ConfigError as e:
+        raise InvalidInput(str(e)) from None
 
 
 def _json_object(request: IRequest) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from elipc import __version__
+from elipc.config import DEFAULT_PAGE, MAX_PAGE, ConfigError, seconds_setting
 
 MAX_CLI_WAIT_S = 24 * 3600.0
 
@@ -20,17 +21,14 @@ class _Parser(argparse.ArgumentParser):
 
 def _timeout(text: str) -> float:
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= value <= MAX_CLI_WAIT_S:
-        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_CLI_WAIT_S:g} seconds")
-    return value
+        return seconds_setting(text, "the value", MAX_CLI_WAIT_S)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _page_size(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 10_000:
-        raise argparse.ArgumentTypeError("must be a whole number from 1 to 10000")
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_PAGE}")
     return int(text)
 
 
@@ -46,12 +44,14 @@ def _define(sub: argparse.ArgumentParser, command: str) -> None:
         add("--timeout", type=_timeout, default=30.0, help="seconds --wait waits (default 30)")
         add("--verify", action="store_true",
             help="check each signature against the directory; adds \"verified\"")
-        add("--limit", type=_page_size, default=1000, help="at most this many (default 1000)")
+        add("--limit", type=_page_size, default=DEFAULT_PAGE,
+            help=f"at most this many (default {DEFAULT_PAGE})")
         add("--key", help="remote mode: the agent's key, to sign the read (secure mode)")
     elif command == "history":
         add("channel")
         add("--after-id", type=int, default=0, help="only messages with a higher id")
-        add("--limit", type=_page_size, default=1000, help="at most this many (default 1000)")
+        add("--limit", type=_page_size, default=DEFAULT_PAGE,
+            help=f"at most this many (default {DEFAULT_PAGE})")
     elif command == "prune":
         add("--older-than", required=True, help="a duration: 7d, 12h, 30m, or seconds")
     elif command in ("seed", "keygen"):
