@@ -141,7 +141,6 @@ class Broker:
         if channel and agent:
             await self._authorize(channel, agent, signed)
         answer: dict[str, object] = await self._db.read(_health, channel, agent)
-        answer["oldest_id"] = await self._db.read(store.oldest_message_id)
         answer["security_events"] = dict(self.security.counts)
         return answer
 
@@ -253,4 +252,5 @@ def _read_page(db: Any, channel: str, agent: str, limit: int,
 
 def _health(db: Any, channel: str, agent: str) -> dict[str, object]:
     pending = store.pending_count(db, channel, agent) if channel and agent else 0
-    return {"status": "ok", "pending": pending, "secure_mode": store.is_secure(db)}
+    return {"status": "ok", "pending": pending, "secure_mode": store.is_secure(db),
+            "oldest_id": store.oldest_message_id(db)}
