@@ -12,6 +12,7 @@ import binascii
 import os
 import secrets
 import tempfile
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -225,6 +226,13 @@ def verify_message(public_key_pem: str, channel: str, message: Message) -> bool:
     else:
         payload = legacy_send_payload(channel, message.sender, message.content)
     return verify(public_key_pem, payload, message.signature)
+
+
+def marked_verified(channel: str, message: Message, public_key_pem: str | None) -> dict[str, Any]:
+    """`message` as JSON plus "verified": whether its sender's key (None: unknown sender)
+    signed it. What `read --verify` prints, locally and remotely."""
+    verified = public_key_pem is not None and verify_message(public_key_pem, channel, message)
+    return {**message.as_json(), "verified": verified}
 
 
 def key_matches(key: Ed25519PrivateKey, public_key_pem: str) -> bool:

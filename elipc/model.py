@@ -5,6 +5,8 @@ No Twisted import: the CLI's local path loads this module on every call.
 
 from __future__ import annotations
 
+from typing import Any
+
 MAX_NAME_CHARS = 256
 
 
@@ -34,6 +36,12 @@ class Message:
         self.signature = signature or ""
         self.signed_timestamp = signed_timestamp
         self.nonce = nonce
+
+    @classmethod
+    def from_json(cls, channel: str, shape: dict[str, Any]) -> Message:
+        """The message a server answered as `as_json`, on `channel`."""
+        return cls(shape["id"], channel, shape["sender"], shape["content"], shape["timestamp"],
+                   shape.get("signature", ""), shape.get("signed_timestamp"), shape.get("nonce"))
 
     def as_json(self) -> dict[str, object]:
         """el-ipc's shape (id, sender, content, timestamp, `signed` when signed), plus what a

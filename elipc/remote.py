@@ -79,15 +79,8 @@ async def _read(client: Client, args: argparse.Namespace, content: str | None) -
 async def _verified(client: Client, channel: str,
                     shapes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     keys = {a["name"]: a["public_key"] for a in await client.agents()}
-    marked = []
-    for shape in shapes:
-        message = Message(shape["id"], channel, shape["sender"], shape["content"],
-                          shape["timestamp"], shape.get("signature", ""),
-                          shape.get("signed_timestamp"), shape.get("nonce"))
-        public = keys.get(message.sender)
-        ok = public is not None and identity.verify_message(public, channel, message)
-        marked.append({**shape, "verified": ok})
-    return marked
+    return [identity.marked_verified(channel, Message.from_json(channel, shape),
+                                     keys.get(shape["sender"])) for shape in shapes]
 
 
 async def _channels(client: Client, args: argparse.Namespace, content: str | None) -> None:

@@ -66,10 +66,7 @@ def _remote(args: argparse.Namespace, server: str) -> int:
     if args.command not in REMOTE_COMMANDS:
         raise CommandError(f"{args.command} works on the local database only; "
                            "unset --server / IPC_SERVER_URL")
-    content = None
-    if args.command == "send":
-        limit = _settings(args).max_content_bytes
-        content = check_content(_content(args.words, limit), limit)
+    content = _message_content(args, _settings(args)) if args.command == "send" else None
     run(args, server, content)
     return 0
 
@@ -103,8 +100,7 @@ def cmd_send(args: argparse.Namespace) -> None:
     settings = _settings(args)
     channel = check_channel_for_sending(args.channel)
     sender = check_name(args.sender, "sender")
-    limit = settings.max_content_bytes
-    content = check_content(_content(args.words, limit), limit)
+    content = _message_content(args, settings)
     now = time.time()
     signed = _sign(args.key, channel, sender, content, int(now)) if args.key else Signed("")
     conn = _open(settings)
@@ -133,6 +129,12 @@ def _explain_rejection(reason: str, key_file: str | None, sender: str) -> str:
     if reason == "invalid signature":
         return f"{reason}: {key_file} is not the registered key of '{sender}'"
     return reason
+
+
+def _message_content(args: argparse.Namespace, settings: Settings) -> str:
+    """The message to send (the words, or stdin for `-`), checked against the limit."""
+    limit = settings.max_content_bytes
+    return check_content(_content(args.words, limit), limit)
 
 
 def _content(words: list[str], limit: int) -> str:
@@ -176,14 +178,14 @@ def _verifying_printer(conn: sqlite3.Connection,
     from elipc import identity  # loaded before the read transaction starts
 
     def deliver(messages: list[Message]) -> None:
-        shapes = []
-        for message in messages:
-            sender = store.get_agent(conn, message.sender)
-            verified = sender is not None and identity.verify_message(
-                sender.public_key, channel, message)
-            shapes.append({**message.as_json(), "verified": verified})
-        print_messages(shapes)
+        print_messages([identity.marked_verified(channel, m, _public_key(conn, m.sender))
+                        for m in messages])
     return deliver
+
+
+def _public_key(conn: sqlite3.Connection, name: str) -> str | None:
+    entry = store.get_agent(conn, name)
+    return entry.public_key if entry else None
 
 
 def _await_commit(conn: sqlite3.Connection, version: int, deadline: float) -> bool:
