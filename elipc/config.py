@@ -1,115 +1,73 @@
-"""One Settings object built from the environment (IPC_*) and options; every default lives here.
+"""Every setting elipc has, declared once: its environment variable, its option, its default,
+its parser and its help. `Settings` is the frozen result of reading them from (environ, options).
 
-No Twisted import: the CLI's local path loads this module on every call.
+The server's `Options`, the CLI's global options and the README's settings table all come from
+TABLE. Nothing outside this module reads IPC_* from the environment. No Twisted import: the
+CLI's local path loads this module on every call.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
-from elipc.model import ElipcError
+from elipc.model import ConfigError
 
 LEGACY_DB_PATH = "/tmp/el-ipc.db"
-DEFAULT_PORT = 9876
-DEFAULT_MAX_CONTENT_BYTES = 1024 * 1024
+
+# Limits and defaults that are not settings (a request, or the CLI, says them per call).
 DEFAULT_WAIT_TIMEOUT = 30.0
 MAX_WAIT_TIMEOUT = 300.0
+MAX_CLI_WAIT = 24 * 3600.0
 MAX_LINGER = 30.0
 DEFAULT_PAGE = 1000
 MAX_PAGE = 10_000
-DEFAULT_REPLAY_WINDOW = 300.0
 MAX_REPLAY_WINDOW = 24 * 3600.0
+DEFAULT_REPLAY_WINDOW = 300.0
+DEFAULT_PORT = 9876
+DEFAULT_MAX_CONTENT_BYTES = 1024 * 1024
 DEFAULT_AGENT_NAME = "el-ipc agent"
 DEFAULT_AGENT_DESC = (
     "Inter-agent message queue: named channels, per-agent read watermarks, "
     "HTTP long-poll and Ed25519-signed messages."
 )
+# A long backlog: bursts of agents (re)connecting must not overflow the accept queue.
+LISTEN_BACKLOG = 1024
+# How long a remote call may take beyond the long-poll it asked for.
+REQUEST_TIMEOUT = 30.0
+
+Values = dict[str, Any]
 
 
-class ConfigError(ElipcError, ValueError):
-    """A setting from the environment or the command line has an unusable value."""
+# -- parsers: (text, the name to blame) -> value ---------------------------------------------
 
 
-class Settings:
-    """Everything elipc can be told, already parsed; build it with `from_env`."""
-
-    __slots__ = (
-        "db_path", "db_path_is_default", "port", "listen", "api_key", "agent_name",
-        "agent_desc", "agent_url", "max_content_bytes", "max_body_bytes", "wait_timeout",
-        "linger", "replay_window", "strict_signatures", "retention",
-    )
-
-    def __init__(self, **values: object) -> None:
-        for name in self.__slots__:
-            setattr(self, name, values.pop(name))
-        if values:
-            raise TypeError(f"unknown settings: {sorted(values)}")
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
-        """Read IPC_* variables; keyword overrides (from options) win over the environment."""
-        env = os.environ if environ is None else environ
-        given = {k: v for k, v in overrides.items() if v is not None}
-        db_path = given.pop("db_path", None) or env.get("IPC_DB_PATH") or ""
-        port = _int(given.pop("port", None) or env.get("IPC_PORT") or DEFAULT_PORT, "IPC_PORT")
-        values = {
-            "db_path": db_path or default_db_path(env),
-            "db_path_is_default": not db_path,
-            "port": port,
-            # A long backlog: bursts of agents (re)connecting must not overflow the accept queue.
-            "listen": f"tcp:{port}:interface=127.0.0.1:backlog=1024",
-            "api_key": env.get("IPC_API_KEY", ""),
-            "agent_name": env.get("IPC_AGENT_NAME") or DEFAULT_AGENT_NAME,
-            "agent_desc": env.get("IPC_AGENT_DESC") or DEFAULT_AGENT_DESC,
-            "agent_url": env.get("IPC_AGENT_URL") or f"http://localhost:{port}",
-            "max_content_bytes": _int(
-                env.get("IPC_MAX_CONTENT_BYTES") or DEFAULT_MAX_CONTENT_BYTES,
-                "IPC_MAX_CONTENT_BYTES",
-            ),
-            "max_body_bytes": 0,
-            "wait_timeout": DEFAULT_WAIT_TIMEOUT,
-            "linger": seconds_setting(env.get("IPC_LINGER") or 0, "IPC_LINGER", MAX_LINGER),
-            "replay_window": seconds_setting(
-                env.get("IPC_REPLAY_WINDOW") or DEFAULT_REPLAY_WINDOW, "IPC_REPLAY_WINDOW",
-                MAX_REPLAY_WINDOW,
-            ),
-            "strict_signatures": _flag(env.get("IPC_STRICT_SIGNATURES", ""),
-                                       "IPC_STRICT_SIGNATURES"),
-            "retention": parse_duration(env.get("IPC_RETENTION") or "0", "IPC_RETENTION"),
-        }
-        values.update(given)
-        # JSON may escape content to twice its UTF-8 size (é is 2 bytes, \u00e9 is 6).
-        values["max_body_bytes"] = _int(
-            env.get("IPC_MAX_BODY_BYTES") or 2 * int(values["max_content_bytes"]) + 64 * 1024,
-            "IPC_MAX_BODY_BYTES",
-        )
-        return cls(**values)
+def parse_text(text: str, name: str) -> str:
+    """Any text, as given."""
+    return text
 
 
-def default_db_path(environ: dict[str, str]) -> str:
-    """The per-user database: $XDG_STATE_HOME/elipc/ipc.db, else ~/.local/state/elipc/ipc.db."""
-    state = environ.get("XDG_STATE_HOME") or os.path.join(
-        environ.get("HOME") or os.path.expanduser("~"), ".local", "state"
-    )
-    return os.path.join(state, "elipc", "ipc.db")
+def parse_positive(text: str, name: str) -> int:
+    """A whole number above 0."""
+    try:
+        number = int(text)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a whole number, not {text!r}") from None
+    if number <= 0:
+        raise ConfigError(f"{name} must be positive, not {number}")
+    return number
 
 
-def prepare_db_location(settings: Settings) -> str | None:
-    """Create the default database folder (0700); return a notice if el-ipc's old file is found.
-
-    The notice is returned, not printed, so the CLI and the server each say it their own way.
-    """
-    if not settings.db_path_is_default or os.path.exists(settings.db_path):
-        return None
-    folder = os.path.dirname(settings.db_path)
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    os.chmod(folder, 0o700)
-    if os.path.exists(LEGACY_DB_PATH):
-        return (
-            f"elipc: creating a new database at {settings.db_path}; el-ipc's database "
-            f"{LEGACY_DB_PATH} exists: set IPC_DB_PATH={LEGACY_DB_PATH} to keep using it"
-        )
-    return None
+def parse_flag(text: str, name: str) -> bool:
+    """1/true/yes/on or 0/false/no/off (empty: off)."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0, not {text!r}")
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -129,31 +87,189 @@ def parse_duration(text: str, name: str) -> float:
     return number
 
 
-def _flag(value: str, name: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("", "0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name} must be 1 or 0, not {value!r}")
-
-
-def _int(value: object, name: str) -> int:
-    try:
-        number = int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
-    if number <= 0:
-        raise ConfigError(f"{name} must be positive, not {number}")
-    return number
-
-
 def seconds_setting(value: object, name: str, maximum: float) -> float:
     """`value` as seconds from 0 to `maximum`, or a ConfigError naming `name`."""
     try:
-        number = float(value)  # type: ignore[arg-type]
+        number = float(value)  # type: ignore[arg-type]  # any object: float() decides
     except (TypeError, ValueError):
         raise ConfigError(f"{name} is not a number of seconds: {value!r}") from None
     if not 0 <= number <= maximum:  # also refuses NaN
         raise ConfigError(f"{name} must be between 0 and {maximum:g} seconds")
     return number
+
+
+def parse_seconds_up_to(maximum: float) -> Callable[[str, str], float]:
+    """A parser for seconds from 0 to `maximum`."""
+    return lambda text, name: seconds_setting(text, name, maximum)
+
+
+def parse_port(text: str, name: str) -> int | None:
+    """A port number; from --port, an endpoint string is not one (None: not given)."""
+    if name.startswith("--") and not text.isdigit():
+        return None
+    return parse_positive(text, name)
+
+
+def parse_listen(text: str, name: str) -> str:
+    """A port number (bound to 127.0.0.1) or any Twisted endpoint string, as an endpoint."""
+    if text.isdigit():
+        return listen_on(parse_positive(text, name))
+    if ":" not in text:
+        raise ConfigError(f"{name} must be a port number or an endpoint string, not {text!r}")
+    return text
+
+
+def listen_on(port: int) -> str:
+    """The endpoint for a bare port: loopback only, with a long accept queue."""
+    return f"tcp:{port}:interface=127.0.0.1:backlog={LISTEN_BACKLOG}"
+
+
+def default_db_path(environ: Mapping[str, str]) -> str:
+    """The per-user database: $XDG_STATE_HOME/elipc/ipc.db, else ~/.local/state/elipc/ipc.db."""
+    state = environ.get("XDG_STATE_HOME") or os.path.join(
+        environ.get("HOME") or os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(state, "elipc", "ipc.db")
+
+
+# -- the table ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting: where it comes from, how it is parsed, what it is when not given.
+
+    `default` is a value, or a function of (the settings read so far, environ) for defaults
+    that depend on others; `shown_default` is how the README and --help say it.
+    """
+
+    name: str
+    env: str | None
+    option: str | None
+    parse: Callable[[str, str], Any]
+    default: Any
+    shown_default: str
+    help: str
+    fronts: tuple[str, ...] = ("server",)
+    flag: bool = False
+
+
+TABLE: tuple[Setting, ...] = (
+    Setting("db_path", "IPC_DB_PATH", "db", parse_text,
+            lambda values, environ: default_db_path(environ),
+            "`$XDG_STATE_HOME/elipc/ipc.db`, else `~/.local/state/elipc/ipc.db`",
+            "the SQLite file (folder 0700, file 0600)", fronts=("server", "cli")),
+    # --port is the listen setting's option; a bare number there is the port too.
+    Setting("port", "IPC_PORT", "port", parse_port, DEFAULT_PORT, f"`{DEFAULT_PORT}`",
+            "the port, bound to 127.0.0.1", fronts=()),
+    Setting("listen", None, "port", parse_listen,
+            lambda values, environ: listen_on(values["port"]), "`IPC_PORT` on 127.0.0.1",
+            "port number (bound to 127.0.0.1) or any Twisted endpoint string "
+            "(tcp:9876:interface=0.0.0.0, ssl:..., unix:...)"),
+    Setting("api_key", "IPC_API_KEY", None, parse_text, "", "none",
+            "require `Authorization: Bearer <key>` on every request (environment only: argv "
+            "is visible to every user)", fronts=()),
+    Setting("agent_name", "IPC_AGENT_NAME", "agent-name", parse_text, DEFAULT_AGENT_NAME,
+            f"`{DEFAULT_AGENT_NAME}`", "name in the agent card"),
+    Setting("agent_desc", "IPC_AGENT_DESC", "agent-desc", parse_text, DEFAULT_AGENT_DESC,
+            "a generic sentence", "description in the agent card"),
+    Setting("agent_url", "IPC_AGENT_URL", "agent-url", parse_text,
+            lambda values, environ: f"http://localhost:{values['port']}",
+            "`http://localhost:{port}`", "public URL in the agent card"),
+    Setting("linger", "IPC_LINGER", "linger", parse_seconds_up_to(MAX_LINGER), 0.0, "`0`",
+            "seconds a woken long-poll waits to gather a burst (also `linger=` per request)"),
+    Setting("max_content_bytes", "IPC_MAX_CONTENT_BYTES", None, parse_positive,
+            DEFAULT_MAX_CONTENT_BYTES, f"`{DEFAULT_MAX_CONTENT_BYTES}`",
+            "largest message content (UTF-8 bytes); over it: 413 / exit 1", fronts=()),
+    # JSON may escape content to twice its UTF-8 size (é is 2 bytes, \u00e9 is 6).
+    Setting("max_body_bytes", "IPC_MAX_BODY_BYTES", None, parse_positive,
+            lambda values, environ: 2 * values["max_content_bytes"] + 64 * 1024,
+            "twice the content limit + 64 KiB", "largest HTTP request body; over it: 413"),
+    Setting("replay_window", "IPC_REPLAY_WINDOW", "replay-window",
+            parse_seconds_up_to(MAX_REPLAY_WINDOW), DEFAULT_REPLAY_WINDOW,
+            f"`{DEFAULT_REPLAY_WINDOW:g}`", "seconds a signed timestamp stays valid"),
+    Setting("strict_signatures", "IPC_STRICT_SIGNATURES", "strict-signatures", parse_flag,
+            False, "`0`", "`1` refuses el-ipc's replayable signatures", flag=True),
+    Setting("retention", "IPC_RETENTION", "retention", parse_duration, 0.0, "`0` (keep all)",
+            "delete messages older than this (`7d`, `12h`, seconds)"),
+    Setting("server_url", "IPC_SERVER_URL", "server", parse_text, "", "none",
+            "make the CLI a client of this server", fronts=("cli",)),
+)
+
+BY_NAME = {setting.name: setting for setting in TABLE}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything elipc can be told, already parsed; build it with `Settings.load`."""
+
+    db_path: str
+    db_path_is_default: bool
+    port: int
+    listen: str
+    api_key: str
+    agent_name: str
+    agent_desc: str
+    agent_url: str
+    linger: float
+    max_content_bytes: int
+    max_body_bytes: int
+    replay_window: float
+    strict_signatures: bool
+    retention: float
+    server_url: str
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None,
+             options: Mapping[str, Any] | None = None) -> Settings:
+        """Read each setting from its option (when given), else its IPC_* variable (when
+        set and not empty), else its default. Options are keyed by option name."""
+        environ = os.environ if environ is None else environ
+        options = options or {}
+        values: Values = {}
+        for setting in TABLE:
+            values[setting.name] = _value(setting, environ, options, values)
+        given_db = options.get("db") or environ.get("IPC_DB_PATH")
+        return cls(db_path_is_default=not given_db, **values)
+
+
+def _value(setting: Setting, environ: Mapping[str, str], options: Mapping[str, Any],
+           values: Values) -> Any:
+    given = options.get(setting.option) if setting.option else None
+    if given is not None and given is not False:
+        value = True if given is True else setting.parse(str(given), f"--{setting.option}")
+        if value is not None:
+            return value
+    text = environ.get(setting.env) if setting.env else None
+    if text:
+        return setting.parse(text, setting.env or setting.name)
+    return setting.default(values, environ) if callable(setting.default) else setting.default
+
+
+def options_for(front: str) -> list[Setting]:
+    """The settings `front` ("server" or "cli") takes as command-line options."""
+    return [s for s in TABLE if front in s.fronts and s.option]
+
+
+def option_help(setting: Setting) -> str:
+    """An option's help: what it is and where its default comes from."""
+    source = f"{setting.env}, else " if setting.env else ""
+    return f"{setting.help} (default {source}{setting.shown_default.replace('`', '')})"
+
+
+def prepare_db_location(settings: Settings) -> str | None:
+    """Create the default database folder (0700); return a notice if el-ipc's old file is found.
+
+    The notice is returned, not printed, so the CLI and the server each say it their own way.
+    """
+    if not settings.db_path_is_default or os.path.exists(settings.db_path):
+        return None
+    folder = os.path.dirname(settings.db_path)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    os.chmod(folder, 0o700)
+    if os.path.exists(LEGACY_DB_PATH):
+        return (
+            f"elipc: creating a new database at {settings.db_path}; el-ipc's database "
+            f"{LEGACY_DB_PATH} exists: set IPC_DB_PATH={LEGACY_DB_PATH} to keep using it"
+        )
+    return None

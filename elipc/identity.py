@@ -21,15 +21,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from elipc.model import ElipcError, Message
+from elipc.model import IdentityError as IdentityError  # callers catch it from here
+from elipc.model import Message, Signed
 
 SIGNATURE_BYTES = 64
 # multicodec "ed25519-pub" (0xed, as an unsigned varint: 0xed 0x01), per the did:key spec.
 _ED25519_MULTICODEC = b"\xed\x01"
-
-
-class IdentityError(ElipcError, ValueError):
-    """A key or key file is missing, unreadable, malformed or not Ed25519."""
 
 
 # -- canonical payloads (one place builds each) ------------------------------------------
@@ -62,6 +59,14 @@ def register_payload(name: str, identity: str, timestamp: int, public_key_pem: s
 def legacy_send_payload(channel: str, sender: str, content: str) -> bytes:
     """el-ipc's signed bytes for a message (replayable; refused in strict mode)."""
     return f"{channel}\n{sender}\n{content}".encode("utf-8")
+
+
+def sign_send(key: Ed25519PrivateKey, channel: str, sender: str, content: str,
+              timestamp: int) -> Signed:
+    """An elipc/2 send signature with a fresh nonce: what every signing sender attaches."""
+    nonce = new_nonce()
+    payload = send_payload(channel, sender, timestamp, nonce, content)
+    return Signed(sign(key, payload), timestamp, nonce)
 
 
 def new_nonce() -> str:

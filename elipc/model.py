@@ -1,13 +1,22 @@
-"""The domain's shapes and rules: messages, agents, and what a valid name or content is.
+"""The domain: its values (messages, agents, signatures, pages), the rules for valid names
+and content, and every error elipc explains to its user.
 
-No Twisted import: the CLI's local path loads this module on every call.
+Errors say what went wrong in the domain's words; which HTTP status or exit code each
+becomes is decided by the web layer and the CLI, not here. No Twisted import: the CLI's local
+path loads this module on every call.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 MAX_NAME_CHARS = 256
+RESERVED_PREFIX = "elipc/"
+SECURITY_CHANNEL = "elipc/security"
+
+
+# -- errors ------------------------------------------------------------------------------
 
 
 class ElipcError(Exception):
@@ -18,30 +27,70 @@ class InvalidInput(ElipcError, ValueError):
     """A name, content or other value breaks elipc's rules; the message says which and why."""
 
 
+class TooLarge(InvalidInput):
+    """Content or a request body is over its size limit."""
+
+
+class ConfigError(InvalidInput):
+    """A setting from the environment, the command line or a query has an unusable value."""
+
+
+class IdentityError(InvalidInput):
+    """A key or key file is missing, unreadable, malformed or not Ed25519."""
+
+
+class Rejected(ElipcError):
+    """A well-formed request that is not allowed: `kind` names it in security events and
+    `context` says about whom (sender, agent, channel, operator: names only, no secrets)."""
+
+    def __init__(self, message: str, kind: str, **context: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.context = {name: value for name, value in context.items() if value}
+
+
+class Unauthenticated(Rejected):
+    """Proof of identity is missing altogether."""
+
+
+class Replayed(Rejected):
+    """A nonce or registration already used inside the replay window."""
+
+
+class StorageError(ElipcError):
+    """The database could not do what was asked; the message says why, without SQL."""
+
+
+class SchemaTooNew(StorageError):
+    """The file was written by a newer elipc whose schema this one does not know."""
+
+
+class Conflict(ElipcError):
+    """A write contradicts what is stored (a name taken, an ack past the last message)."""
+
+
+# -- values ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     """One stored message, rendered in el-ipc's JSON shape (plus verification fields)."""
 
-    __slots__ = ("id", "channel", "sender", "content", "created_at", "signature",
-                 "signed_timestamp", "nonce")
-
-    def __init__(
-        self, id: int, channel: str, sender: str, content: str, created_at: float,
-        signature: str, signed_timestamp: int | None = None, nonce: str | None = None,
-    ) -> None:
-        self.id = id
-        self.channel = channel
-        self.sender = sender
-        self.content = content
-        self.created_at = created_at
-        self.signature = signature or ""
-        self.signed_timestamp = signed_timestamp
-        self.nonce = nonce
+    id: int
+    channel: str
+    sender: str
+    content: str
+    created_at: float
+    signature: str = ""
+    signed_timestamp: int | None = None
+    nonce: str | None = None
 
     @classmethod
     def from_json(cls, channel: str, shape: dict[str, Any]) -> Message:
         """The message a server answered as `as_json`, on `channel`."""
         return cls(shape["id"], channel, shape["sender"], shape["content"], shape["timestamp"],
-                   shape.get("signature", ""), shape.get("signed_timestamp"), shape.get("nonce"))
+                   shape.get("signature") or "", shape.get("signed_timestamp"),
+                   shape.get("nonce"))
 
     def as_json(self) -> dict[str, object]:
         """el-ipc's shape (id, sender, content, timestamp, `signed` when signed), plus what a
@@ -62,25 +111,31 @@ class Message:
         return shape
 
 
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Messages oldest first, and whether more are waiting behind them."""
+
+    messages: list[Message] = field(default_factory=list)
+    more: bool = False
+
+    @property
+    def last_id(self) -> int | None:
+        """The id of the last message (what acknowledging the page moves to), or None."""
+        return self.messages[-1].id if self.messages else None
+
+
+@dataclass(frozen=True, slots=True)
 class Agent:
     """A directory entry: an operator or an agent an operator registered."""
 
-    __slots__ = ("name", "identity", "public_key", "role", "registered_by", "created_at",
-                 "registration_ts", "registration_signature")
-
-    def __init__(
-        self, name: str, identity: str, public_key: str, role: str,
-        registered_by: str | None, created_at: float, registration_ts: int = 0,
-        registration_signature: str = "",
-    ) -> None:
-        self.name = name
-        self.identity = identity
-        self.public_key = public_key
-        self.role = role
-        self.registered_by = registered_by
-        self.created_at = created_at
-        self.registration_ts = registration_ts
-        self.registration_signature = registration_signature
+    name: str
+    identity: str
+    public_key: str
+    role: str
+    registered_by: str | None
+    created_at: float
+    registration_ts: int = 0
+    registration_signature: str = ""
 
     @property
     def is_operator(self) -> bool:
@@ -99,6 +154,32 @@ class Agent:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """A signature with its elipc/2 timestamp and nonce (both None for el-ipc's form; an
+    empty signature for an unsigned send)."""
+
+    signature: str
+    timestamp: int | None = None
+    nonce: str | None = None
+
+
+UNSIGNED = Signed("")
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """What a send came to: its id, whether its signature was el-ipc's replayable kind, and
+    whether it repeated an earlier send's idempotency key (then nothing new was stored)."""
+
+    id: int
+    replayable: bool = False
+    duplicate: bool = False
+
+
+# -- rules -------------------------------------------------------------------------------
+
+
 def check_name(value: object, what: str) -> str:
     """Return `value` if it is a valid channel or agent name (1 to 256 characters, no controls)."""
     if not isinstance(value, str):
@@ -111,10 +192,6 @@ def check_name(value: object, what: str) -> str:
         raise InvalidInput(f"{what} must not contain control characters")
     _check_utf8(value, what)
     return value
-
-
-RESERVED_PREFIX = "elipc/"
-SECURITY_CHANNEL = "elipc/security"
 
 
 def check_channel_for_sending(value: object) -> str:
@@ -137,7 +214,7 @@ def check_content(value: object, max_bytes: int) -> str:
         raise InvalidInput("content must not be empty")
     size = len(_check_utf8(value, "content"))
     if size > max_bytes:
-        raise InvalidInput(f"content is {size} bytes; the limit is {max_bytes}")
+        raise TooLarge(f"content is {size} bytes; the limit is {max_bytes}")
     return value
 
 

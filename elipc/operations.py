@@ -8,71 +8,56 @@ cryptography library is loaded only when a signature is checked.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from elipc import store
-from elipc.model import SECURITY_CHANNEL, ElipcError
+from elipc.config import DEFAULT_REPLAY_WINDOW
+from elipc.model import (
+    SECURITY_CHANNEL,
+    Accepted,
+    Agent,
+    Conflict,
+    Rejected,
+    Replayed,
+    Signed,
+    Unauthenticated,
+)
+
+# An idempotency key is remembered for a day: longer than any client retries a send.
+IDEMPOTENCY_WINDOW_S = 24 * 3600.0
+RETENTION_BATCH = 1000
 
 
-class Rejected(ElipcError):
-    """A well-formed request that is not allowed; `status` is its HTTP status (403 unless
-    said otherwise) and `kind` names it in security events."""
-
-    status = 403
-
-    def __init__(self, message: str, kind: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-class Unauthenticated(Rejected):
-    """Proof of identity is missing altogether (HTTP 401)."""
-
-    status = 401
-
-
-class Replayed(Rejected):
-    """A nonce (or registration) already used inside the replay window (HTTP 409)."""
-
-    status = 409
-
-
+@dataclass(frozen=True, slots=True)
 class Policy:
     """How strict signature checks are: the replay window and whether el-ipc's replayable
     signatures are still accepted."""
 
-    __slots__ = ("window", "strict")
-
-    def __init__(self, window: float = 300.0, strict: bool = False) -> None:
-        self.window = window
-        self.strict = strict
+    window: float = DEFAULT_REPLAY_WINDOW
+    strict: bool = False
 
     @classmethod
     def from_settings(cls, settings: Any) -> Policy:
         """The policy a Settings object describes."""
         return cls(settings.replay_window, settings.strict_signatures)
 
-
-class Signed:
-    """A signature with its elipc/2 timestamp and nonce (both None for el-ipc's form)."""
-
-    __slots__ = ("signature", "timestamp", "nonce")
-
-    def __init__(self, signature: str, timestamp: int | None = None,
-                 nonce: str | None = None) -> None:
-        self.signature = signature
-        self.timestamp = timestamp
-        self.nonce = nonce
+    def nonce_horizon(self, now: float) -> float:
+        """Nonces seen before this time can be forgotten: a timestamp that old fails the
+        window check anyway (twice the window, for clocks that disagree either way)."""
+        return now - 2 * self.window
 
 
-class Accepted:
-    """What a send came to: its id, whether its signature was el-ipc's replayable kind, and
-    whether it repeated an earlier send's idempotency key (then nothing new was stored)."""
-
-    __slots__ = ("id", "replayable", "duplicate")
-
-    def __init__(self, id: int, replayable: bool = False, duplicate: bool = False) -> None:
-        self.id, self.replayable, self.duplicate = id, replayable, duplicate
+@contextmanager
+def _refusals_about(**context: str) -> Iterator[None]:
+    # A refusal carries who and where it was about, for its security event.
+    try:
+        yield
+    except Rejected as refusal:
+        refusal.context = {**{k: v for k, v in context.items() if v}, **refusal.context}
+        raise
 
 
 def accept_message(
@@ -87,7 +72,7 @@ def accept_message(
     A repeat of `sender`'s `idempotency_key` (checked before the nonce, since a retry carries
     the same one) returns the first send's id. Raises Rejected (nothing stored) otherwise.
     """
-    with store.transaction(db):
+    with _refusals_about(sender=sender, channel=channel), store.transaction(db):
         secure = store.is_secure(db)
         replayable = secure and _check_send(db, channel, sender, content, signed, now, policy)
         if idempotency_key is not None:
@@ -131,7 +116,7 @@ def authorize_read(db: Any, channel: str, agent: str, signed: Signed | None, now
     moves as `agent`. Records the nonce."""
     from elipc import identity
 
-    with store.transaction(db):
+    with _refusals_about(agent=agent, channel=channel), store.transaction(db):
         if not store.is_secure(db):
             return
         if signed is None or signed.timestamp is None or signed.nonce is None:
@@ -158,7 +143,7 @@ def register(db: Any, name: str, agent_identity: str, public_key: str, operator:
     from elipc import identity
 
     assert signed.timestamp is not None
-    with store.transaction(db):
+    with _refusals_about(agent=name, operator=operator), store.transaction(db):
         _check_fresh(signed.timestamp, now, policy)
         entry = _known(db, operator, "operator", "unknown_operator")
         if not entry.is_operator:
@@ -172,11 +157,11 @@ def register(db: Any, name: str, agent_identity: str, public_key: str, operator:
         try:
             store.register_agent(db, name, agent_identity, public_key, operator, now,
                                  signed.timestamp, signed.signature)
-        except store.Conflict as e:
+        except Conflict as e:
             raise Replayed(str(e), "stale_registration") from None
 
 
-def _known(db: Any, name: str, what: str, kind: str) -> Any:
+def _known(db: Any, name: str, what: str, kind: str) -> Agent:
     entry = store.get_agent(db, name)
     if entry is None:
         _spend_like_a_verify()
@@ -204,3 +189,38 @@ _DUMMY_PUBLIC_KEY = (
     "MCowBQYDK2VwAyEAO2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik=\n"
     "-----END PUBLIC KEY-----"
 )
+
+
+def forget_expired(db: Any, now: float, policy: Policy) -> None:
+    """Forget nonces past the replay horizon and idempotency keys older than a day."""
+    with store.transaction(db):
+        store.forget_nonces(db, policy.nonce_horizon(now))
+        store.forget_idempotency(db, now - IDEMPOTENCY_WINDOW_S)
+
+
+RetentionStep = Callable[[Any], int]
+
+
+def retention(cutoff: float,
+              batch: int = RETENTION_BATCH) -> Generator[RetentionStep, int, int]:
+    """Delete the messages stored before `cutoff`, a batch at a time: yields each batch's
+    operation (run it on a connection, send back how many it deleted) and returns the total.
+    The server runs one batch per writer turn, so sends keep flowing in between; the CLI
+    runs them back to back (`run_retention`)."""
+    deleted = 0
+    while True:
+        count = yield lambda db: store.delete_messages_before(db, cutoff, batch)
+        deleted += count
+        if count < batch:
+            return deleted
+
+
+def run_retention(db: Any, cutoff: float, batch: int = RETENTION_BATCH) -> int:
+    """`retention` on one connection, batch after batch; return how many went."""
+    steps = retention(cutoff, batch)
+    try:
+        step = next(steps)
+        while True:
+            step = steps.send(step(db))
+    except StopIteration as done:
+        return int(done.value)

@@ -1,7 +1,9 @@
-"""All of elipc's queries (schema.py holds the tables and their migrations): plain functions
-`f(db, ...)` over a sqlite3 connection or cursor, in one package, by concern:
+"""All of elipc's SQL: plain functions `f(db, ...)` over a sqlite3 connection or cursor, in
+one package, by concern:
 
-- connection: opening, pragmas, transactions, errors, batches, noticing other processes;
+- opening: create, configure and migrate a file (above connection and schema);
+- schema: the tables and their migrations, keyed on PRAGMA user_version;
+- connection: pragmas, transactions, errors, batches, noticing other processes;
 - messages: sending, reading, watermarks, acknowledgements, history, retention;
 - directory: operators and agents;
 - guards: nonces (replay protection) and idempotency keys.
@@ -12,17 +14,14 @@ adbapi's runWithConnection. Connections run in autocommit mode and every write i
 sqlite3 errors leave as StorageError. No Twisted import anywhere in here.
 """
 
+from elipc.model import Conflict, SchemaTooNew, StorageError
 from elipc.store.connection import (
     BUSY_TIMEOUT_S,
-    Conflict,
-    SchemaTooNew,
-    StorageError,
     channels_after,
     configure,
     data_version,
     guarded,
     last_message_id,
-    open_database,
     run_batch,
     transaction,
 )
@@ -46,22 +45,24 @@ from elipc.store.messages import (
     acknowledge,
     delete_messages_before,
     history,
+    history_page,
     insert_message,
     insert_messages,
     list_channels,
     oldest_message_id,
-    peek_unread,
     pending_count,
     read_unread,
+    unread_page,
     watermark,
 )
+from elipc.store.opening import open_database
 
 __all__ = [
     "BUSY_TIMEOUT_S", "Conflict", "MessageRow", "SchemaTooNew", "StorageError", "acknowledge",
     "add_operator", "channels_after", "configure", "data_version", "delete_messages_before",
     "first_operator", "forget_idempotency", "forget_nonces", "get_agent", "guarded",
-    "history", "idempotent_id", "insert_message", "insert_messages", "is_secure",
-    "last_message_id", "list_agents", "list_channels", "oldest_message_id", "open_database",
-    "peek_unread", "pending_count", "read_unread", "register_agent", "remember_idempotency",
-    "remember_nonce", "run_batch", "transaction", "watermark",
+    "history", "history_page", "idempotent_id", "insert_message", "insert_messages",
+    "is_secure", "last_message_id", "list_agents", "list_channels", "oldest_message_id",
+    "open_database", "pending_count", "read_unread", "register_agent", "remember_idempotency",
+    "remember_nonce", "run_batch", "transaction", "unread_page", "watermark",
 ]

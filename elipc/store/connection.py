@@ -1,31 +1,18 @@
-"""Opening and configuring the database, transactions, errors, and batches."""
+"""Configuring connections, transactions, errors, batches, and noticing other processes."""
 
 from __future__ import annotations
 
 import functools
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from elipc.model import ElipcError
+from elipc.model import StorageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 BUSY_TIMEOUT_S = 10.0
-
-
-class StorageError(ElipcError):
-    """The database could not do what was asked; the message says why, without SQL."""
-
-
-class SchemaTooNew(StorageError):
-    """The file was written by a newer elipc whose schema this one does not know."""
-
-
-class Conflict(StorageError):
-    """The write contradicts what is stored (a name taken, an operator not found)."""
 
 
 def guarded(function: F) -> F:
@@ -106,42 +93,6 @@ def run_batch(
             except Exception as e:  # the operation's own refusal, reported to its caller
                 outcomes.append((False, e))
     return outcomes
-
-
-# -- opening and migrating ---------------------------------------------------------------
-
-
-def open_database(path: str, *, check_same_thread: bool = True) -> sqlite3.Connection:
-    """Open (creating 0600 if missing), configure and migrate the database at `path`."""
-    _create_private(path)
-    try:
-        conn = sqlite3.connect(
-            path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-            check_same_thread=check_same_thread,
-        )
-    except sqlite3.Error as e:
-        raise StorageError(f"cannot open database {path}: {e}") from None
-    from elipc import schema  # schema.py holds the migrations and uses this module
-
-    try:
-        configure(conn)
-        schema.migrate(conn)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _create_private(path: str) -> None:
-    # SQLite gives its -wal and -shm files the database file's mode, so 0600 here covers all.
-    if path == ":memory:" or os.path.exists(path):
-        return
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass
-    except OSError as e:
-        raise StorageError(f"cannot create database {path}: {e.strerror}") from None
 
 
 @guarded

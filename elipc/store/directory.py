@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from elipc.model import Agent
-from elipc.store.connection import Conflict, WriteTransaction, guarded
+from elipc.model import Agent, Conflict
+from elipc.store.connection import WriteTransaction, guarded
 
 _AGENT_COLUMNS = (
     "name, identity, public_key, role, registered_by, created_at, registration_ts, "

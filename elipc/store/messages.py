@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from elipc.model import Message
-from elipc.store.connection import Conflict, WriteTransaction, guarded
+from elipc.model import Conflict, Message, Page
+from elipc.store.connection import WriteTransaction, guarded
 
 Deliver = Callable[[list[Message]], None]
-_MESSAGE_COLUMNS = "id, channel, sender, content, created_at, signature, signed_timestamp, nonce"
+_MESSAGE_COLUMNS = ("id, channel, sender, content, created_at, COALESCE(signature, ''), "
+                    "signed_timestamp, nonce")
 
 MessageRow = tuple[str, str, str, str, "int | None", "str | None"]
 
@@ -54,22 +55,36 @@ def oldest_message_id(db: Any) -> int | None:
 
 
 @guarded
-def read_unread(
-    db: Any, channel: str, agent: str, deliver: Deliver | None = None, limit: int = -1
-) -> list[Message]:
-    """Return `agent`'s unread messages on `channel`, oldest first, and move its watermark.
+def unread_page(
+    db: Any, channel: str, agent: str, limit: int, deliver: Deliver | None = None,
+    advance: bool = True,
+) -> Page:
+    """Up to `limit` of `agent`'s unread messages on `channel`, oldest first, and whether more
+    wait behind them; with `advance`, the watermark moves past the page.
 
-    Both happen in one write transaction, so two readers for one agent never get the same
-    message. `deliver` (if given) is called with the messages before the watermark moves;
-    if it raises, nothing moves and the messages stay unread.
+    Reading and moving are one write transaction, so two readers for one agent never get the
+    same message. `deliver` (if given) is called with the messages before the watermark
+    moves; if it raises, nothing moves and the messages stay unread.
     """
     with WriteTransaction(db):
-        messages = _unread(db, channel, agent, limit)
+        rows = _unread(db, channel, agent, limit + 1)
+        messages = rows[:limit]
         if messages:
             if deliver is not None:
                 deliver(messages)
-            _advance(db, channel, agent, messages[-1].id)
-    return messages
+            if advance:
+                _advance(db, channel, agent, messages[-1].id)
+    return Page(messages, len(rows) > limit)
+
+
+def read_unread(
+    db: Any, channel: str, agent: str, deliver: Deliver | None = None, limit: int = -1
+) -> list[Message]:
+    """Every unread message (or up to `limit`) for `agent` on `channel`, moving the
+    watermark past them: `unread_page` without the page."""
+    if limit < 0:
+        limit = 2**62
+    return unread_page(db, channel, agent, limit, deliver).messages
 
 
 def _unread(db: Any, channel: str, agent: str, limit: int) -> list[Message]:
@@ -98,12 +113,6 @@ def _advance(db: Any, channel: str, agent: str, last_id: int) -> None:
 
 
 @guarded
-def peek_unread(db: Any, channel: str, agent: str, limit: int) -> list[Message]:
-    """`agent`'s unread messages on `channel`, oldest first, without moving anything."""
-    return _unread(db, channel, agent, limit)
-
-
-@guarded
 def acknowledge(db: Any, channel: str, agent: str, up_to: int) -> int:
     """Move `agent`'s watermark on `channel` to `up_to` (never backwards); return it.
 
@@ -126,6 +135,12 @@ def history(db: Any, channel: str, after_id: int, limit: int) -> list[Message]:
         f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE channel = ? AND id > ? "
         "ORDER BY id LIMIT ?", (channel, after_id, limit)).fetchall()
     return [Message(*row) for row in rows]
+
+
+def history_page(db: Any, channel: str, after_id: int, limit: int) -> Page:
+    """Up to `limit` messages of `channel` after `after_id`, and whether more follow."""
+    rows = history(db, channel, after_id, limit + 1)
+    return Page(rows[:limit], len(rows) > limit)
 
 
 @guarded

@@ -2,15 +2,16 @@
 
 Version 0 is el-ipc's file (or a brand-new one): its three tables, created if missing.
 Each later version is the list of statements that upgrades the one before it. `migrate`
-runs them inside one write transaction, so a half-upgraded file never exists. Like store.py,
-no Twisted import; it uses store's transactions.
+runs them inside one write transaction, so a half-upgraded file never exists. No Twisted
+import; opening.py calls `migrate` on every connection it opens.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from elipc import store
+from elipc.model import SchemaTooNew
+from elipc.store.connection import guarded, transaction
 
 # el-ipc's tables exactly (BEHAVIOUR.md), so an el-ipc file and a fresh one converge.
 BASE_TABLES = (
@@ -83,22 +84,22 @@ UPGRADES: dict[int, tuple[str, ...]] = {
 CURRENT_VERSION = max(UPGRADES)
 
 
-@store.guarded
+@guarded
 def schema_version(db: Any) -> int:
     """The file's PRAGMA user_version (0 for el-ipc's files and brand-new ones)."""
     return int(db.execute("PRAGMA user_version").fetchone()[0])
 
 
-@store.guarded
+@guarded
 def migrate(db: Any) -> int:
     """Bring the file to CURRENT_VERSION in one transaction; return the version found."""
     if schema_version(db) == CURRENT_VERSION:
         return CURRENT_VERSION
-    with store.transaction(db):
+    with transaction(db):
         # Re-read under the lock: another process may have migrated while we waited.
         found = schema_version(db)
         if found > CURRENT_VERSION:
-            raise store.SchemaTooNew(
+            raise SchemaTooNew(
                 f"the database was written by a newer elipc (schema version {found}; "
                 f"this elipc knows up to {CURRENT_VERSION})"
             )
@@ -119,13 +120,13 @@ def _create_base(db: Any) -> None:
             db.execute(statement)
 
 
-@store.guarded
+@guarded
 def table_columns(db: Any, table: str) -> list[str]:
     """The column names of `table`, in order (used by migrations and their tests)."""
     return [row[1] for row in db.execute(f"PRAGMA table_info({table})").fetchall()]
 
 
-@store.guarded
+@guarded
 def describe_schema(db: Any) -> dict[str, object]:
     """Tables with their columns and indexes with their columns: what "same schema" means."""
     shape: dict[str, object] = {"user_version": schema_version(db)}

@@ -1,0 +1,45 @@
+"""Opening a database file: create it private, configure the connection, migrate the schema.
+
+It sits above both connection.py (pragmas, transactions) and schema.py (the migrations), so
+neither imports the other's caller.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from elipc.model import StorageError
+from elipc.store import schema
+from elipc.store.connection import BUSY_TIMEOUT_S, configure
+
+
+def open_database(path: str, *, check_same_thread: bool = True) -> sqlite3.Connection:
+    """Open (creating 0600 if missing), configure and migrate the database at `path`."""
+    _create_private(path)
+    try:
+        conn = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+            check_same_thread=check_same_thread,
+        )
+    except sqlite3.Error as e:
+        raise StorageError(f"cannot open database {path}: {e}") from None
+    try:
+        configure(conn)
+        schema.migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _create_private(path: str) -> None:
+    # SQLite gives its -wal and -shm files the database file's mode, so 0600 here covers all.
+    if path == ":memory:" or os.path.exists(path):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise StorageError(f"cannot create database {path}: {e.strerror}") from None
