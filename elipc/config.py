@@ -236,7 +236,9 @@ class Settings:
 def _value(setting: Setting, environ: Mapping[str, str], options: Mapping[str, Any],
            values: Values) -> Any:
     given = options.get(setting.option) if setting.option else None
-    if given is not None and given is not False:
+    if setting.flag:
+        given = True if given else None  # an absent flag (0, False) is not "off"
+    if given is not None:
         value = True if given is True else setting.parse(str(given), f"--{setting.option}")
         if value is not None:
             return value

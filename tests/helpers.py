@@ -140,33 +140,32 @@ class SynchronousPool:
 
 
 class Server:
-    """The real Klein app, broker and site over a real database, driven in memory by StubTreq."""
+    """The real server (database, waiters, broker, Klein app, site), wired by the same build
+    function as `twist elipc`, over a real database file and driven in memory by StubTreq."""
 
     def __init__(self, case: SynchronousTestCase, **environ: str) -> None:
         from treq.testing import StubTreq
         from twisted.internet.task import Clock
 
-        from elipc.broker import Broker
         from elipc.config import Settings
-        from elipc.database import Database
-        from elipc.web import make_site
+        from elipc.server.service import build
 
         self.dir = temp_dir(case)
         self.path = os.path.join(self.dir, "ipc.db")
         self.clock = Clock()
         self.clock.advance(1_700_000_000)  # signatures carry real Unix times
-        self.settings = Settings.from_env({"IPC_DB_PATH": self.path, **environ})
+        self.settings = Settings.load({"IPC_DB_PATH": self.path, **environ})
         self.writer, self.reader = SynchronousPool(self.path), SynchronousPool(self.path)
         case.addCleanup(self.writer.close)
         case.addCleanup(self.reader.close)
-        self.database = Database(self.writer, self.reader)
-        self.broker = Broker(self.database, self.clock, self.settings)
-        self.site = make_site(self.broker, self.settings, self.clock)
+        wired = build(self.settings, self.clock, self.writer, self.reader, listen=False)
+        self.database, self.broker, self.site = wired.database, wired.broker, wired.site
+        self.service = wired.service
         self.http = StubTreq(self.site.resource)
         # Serve through elipc's own Site (its request and channel classes), not treq's default.
         assert hasattr(self.http._agent, "_serverFactory")
         self.http._agent._serverFactory = self.site
-        case.addCleanup(self.broker.stop)
+        case.addCleanup(self.broker.stopService)
 
     def url(self, path: str) -> str:
         return "http://127.0.0.1:9876" + path

@@ -14,11 +14,11 @@ from tests.helpers import temp_dir
 
 
 class SettingsTests(SynchronousTestCase):
-    """Settings.from_env reads el-ipc's variables and keeps every default in one place."""
+    """Settings.load reads el-ipc's variables and keeps every default in one place."""
 
     def test_el_ipc_variables(self) -> None:
         """Each IPC_* variable el-ipc knew sets its setting."""
-        s = Settings.from_env({
+        s = Settings.load({
             "IPC_DB_PATH": "/x/ipc.db", "IPC_PORT": "1234", "IPC_API_KEY": "k",
             "IPC_AGENT_NAME": "Herald", "IPC_AGENT_DESC": "d", "IPC_AGENT_URL": "https://h",
         })
@@ -30,7 +30,7 @@ class SettingsTests(SynchronousTestCase):
 
     def test_defaults(self) -> None:
         """Without variables: port 9876, bind 127.0.0.1, el-ipc's card name, url on the port."""
-        s = Settings.from_env({"HOME": "/home/u"})
+        s = Settings.load({"HOME": "/home/u"})
         self.assertEqual(s.port, 9876)
         self.assertEqual(s.listen, "tcp:9876:interface=127.0.0.1:backlog=1024")
         self.assertEqual(s.agent_name, "el-ipc agent")
@@ -41,23 +41,23 @@ class SettingsTests(SynchronousTestCase):
     def test_default_db_path_is_per_user(self) -> None:
         """The database lives under XDG_STATE_HOME, else ~/.local/state, never in /tmp."""
         self.assertEqual(
-            Settings.from_env({"XDG_STATE_HOME": "/s", "HOME": "/h"}).db_path, "/s/elipc/ipc.db"
+            Settings.load({"XDG_STATE_HOME": "/s", "HOME": "/h"}).db_path, "/s/elipc/ipc.db"
         )
-        s = Settings.from_env({"HOME": "/h"})
+        s = Settings.load({"HOME": "/h"})
         self.assertEqual(s.db_path, "/h/.local/state/elipc/ipc.db")
         self.assertTrue(s.db_path_is_default)
 
     def test_overrides_win(self) -> None:
         """Options passed as overrides beat the environment; None means not given."""
-        s = Settings.from_env({"IPC_DB_PATH": "/env.db", "IPC_PORT": "1"}, db_path="/opt.db",
-                              port=None)
+        s = Settings.load({"IPC_DB_PATH": "/env.db", "IPC_PORT": "1"}, {"db": "/opt.db",
+                                                                         "port": None})
         self.assertEqual((s.db_path, s.port), ("/opt.db", 1))
 
     def test_bad_numbers(self) -> None:
         """A port or size that is not a positive whole number is a ConfigError naming it."""
         for env in ({"IPC_PORT": "http"}, {"IPC_PORT": "-5"}, {"IPC_MAX_CONTENT_BYTES": "1.5"}):
             with self.assertRaises(ConfigError) as caught:
-                Settings.from_env(env)
+                Settings.load(env)
             self.assertIn(next(iter(env)), str(caught.exception))
 
 
@@ -66,7 +66,7 @@ class LocationTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.root = temp_dir(self)
-        self.settings = Settings.from_env({"XDG_STATE_HOME": self.root})
+        self.settings = Settings.load({"XDG_STATE_HOME": self.root})
 
     def test_folder_is_private(self) -> None:
         """The default folder is created with mode 0700."""
@@ -86,5 +86,5 @@ class LocationTests(SynchronousTestCase):
         """No el-ipc file, or a path the user chose, means nothing to say."""
         with mock.patch.object(config, "LEGACY_DB_PATH", os.path.join(self.root, "none")):
             self.assertIsNone(prepare_db_location(self.settings))
-        explicit = Settings.from_env({"IPC_DB_PATH": os.path.join(self.root, "x.db")})
+        explicit = Settings.load({"IPC_DB_PATH": os.path.join(self.root, "x.db")})
         self.assertIsNone(prepare_db_location(explicit))

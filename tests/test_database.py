@@ -10,7 +10,8 @@ from twisted.internet.defer import CancelledError, gatherResults
 from twisted.trial.unittest import TestCase
 
 from elipc import operations, store
-from elipc.database import Database, sqlite_pool
+from elipc.model import Rejected, Signed
+from elipc.server.database import Database, sqlite_pool
 from tests.helpers import raw_rows, temp_dir
 
 
@@ -36,7 +37,9 @@ class DatabaseTests(TestCase):
         self.path = os.path.join(temp_dir(self), "ipc.db")
         store.open_database(self.path).close()
         self.writer = CountingPool(sqlite_pool(self.path, 1, reactor))
-        self.db = Database(self.writer, sqlite_pool(self.path, 2, reactor))
+        self.seen: list[set[str]] = []
+        self.db = Database(self.writer, sqlite_pool(self.path, 2, reactor),
+                           on_external_commit=self.seen.append)
         self.writer.pool.start()
         self.addCleanup(self.db.close)
 
@@ -56,10 +59,10 @@ class DatabaseTests(TestCase):
         conn.close()
         good = self.db.write(store.insert_message, "c", "a", "ok", "", 1.0)
         refused = self.db.write(operations.accept_message, "c", "a", "no",
-                                operations.Signed(""), 1.0, operations.Policy())
+                                Signed(""), 1.0, operations.Policy())
         later = self.db.write(store.insert_message, "c", "a", "ok too", "", 1.0)
         self.assertEqual(await good, 1)
-        with self.assertRaises(operations.Rejected):
+        with self.assertRaises(Rejected):
             await refused
         self.assertEqual(await later, 2)
         self.assertEqual(raw_rows(self.path, "SELECT content FROM messages ORDER BY id"),
@@ -78,8 +81,7 @@ class DatabaseTests(TestCase):
 
     async def test_external_commits_are_reported(self) -> None:
         """A commit by another process is reported with the channels it wrote to."""
-        seen: list[set[str]] = []
-        self.db.on_external_commit = seen.append
+        seen = self.seen
         await self.db.write(store.pending_count, "c", "r")  # first turn: the baseline
         conn = store.open_database(self.path)
         store.insert_message(conn, "cli-1", "x", "y", "", 1.0)
@@ -91,8 +93,7 @@ class DatabaseTests(TestCase):
 
     async def test_own_writes_are_not_external(self) -> None:
         """The server's own commits never look like another process's."""
-        seen: list[set[str]] = []
-        self.db.on_external_commit = seen.append
+        seen = self.seen
         for _ in range(3):
             await self.db.write(store.insert_message, "c", "a", "x", "", 1.0)
         self.db.poll()

@@ -22,7 +22,7 @@ class HttpDocTests(SynchronousTestCase):
             return set(ROUTE_HEADING.findall(f.read()))
 
     def served(self) -> set[tuple[str, str]]:
-        from elipc.web import HttpApi
+        from elipc.server.web import HttpApi
 
         routes = set()
         for rule in HttpApi.app.url_map.iter_rules():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from elipc.service import Options
+from elipc.server.service import Options
 
 
 class OptionsTests(SynchronousTestCase):

@@ -171,7 +171,7 @@ class LongPollTests(WebCase):
         pendings = [self.get_later("/messages", channel=f"c{i}", agent="r", wait="true")
                     for i in range(3)]
         self.http.flush()
-        self.server.broker.stop()
+        self.server.broker.stopService()
         for pending in pendings:
             self.assertEqual(self.answer(pending), (200, []))
         self.assertEqual(len(self.server.broker.waiters), 0)
@@ -251,7 +251,7 @@ class IdempotencyTests(WebCase):
     def test_forgotten_after_a_day(self) -> None:
         """After 24 hours the pruner forgets the key and it stores anew."""
         self.send_with("a", "k-1")
-        self.server.broker.start()
+        self.server.broker.startService()
         self.server.clock.advance(24 * 3600 + 61)
         self.assertEqual(self.send_with("a", "k-1"), (200, {"ok": True, "id": 2}))
 
@@ -270,7 +270,7 @@ class RetentionTimerTests(WebCase):
     def test_timer_prunes(self) -> None:
         """Messages pass out of the window and are deleted by the next pass."""
         self.send("c", content="old")
-        self.server.broker.start()
+        self.server.broker.startService()
         self.server.clock.advance(1800)
         self.send("c", content="new")
         self.server.clock.advance(1800 + 60)
@@ -347,7 +347,8 @@ class BadInputTests(WebCase):
 
     def test_content_over_limit(self) -> None:
         """Content over the limit is 413."""
-        self.server.settings.max_content_bytes = 10
+        self.server = Server(self, IPC_MAX_CONTENT_BYTES="10")
+        self.http = self.server.http
         self.bad(413, "limit is 10", self.post("/send", {"channel": "c", "sender": "a",
                                                         "content": "x" * 11}))
         self.assert_still_serving()

@@ -4,7 +4,7 @@ from twisted.application.service import ServiceMaker
 
 elipc = ServiceMaker(
     "elipc",
-    "elipc.service",
+    "elipc.server.service",
     "Inter-agent message queue: SQLite channels, HTTP long-poll, Ed25519 identities.",
     "elipc",
 )

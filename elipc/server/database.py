@@ -5,6 +5,8 @@ running wait, and the next turn runs them all in one transaction (store.run_batc
 fsync serves many senders and SQLite's lock is never fought over inside this process. Each
 turn first asks SQLite, cheaply, whether another process (the CLI) has committed, and reports
 the channels it wrote to. Reads that move nothing go to a small pool of reader connections.
+
+ChangeFeed asks for those turns every 10 ms while anyone waits, and not at all otherwise.
 """
 
 from __future__ import annotations
@@ -15,14 +17,21 @@ from typing import Any
 
 from twisted.enterprise.adbapi import ConnectionPool
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from elipc import store
+from elipc.server.waiters import Waiters
 
 Operation = Callable[[Any], Any]
+Pool = Any  # adbapi.ConnectionPool, or the tests' synchronous stand-in with the same methods
+# While anyone waits, how often the writer checks for other processes' commits.
+EXTERNAL_COMMIT_POLL_S = 0.01
 
 
-def sqlite_pool(path: str, connections: int, reactor: Any = None) -> ConnectionPool:
+def sqlite_pool(path: str, connections: int, reactor: IReactorTime | None = None,
+                ) -> ConnectionPool:
     """An adbapi pool of `connections` sqlite3 connections in autocommit mode, configured."""
     return ConnectionPool(
         "sqlite3", path, check_same_thread=False, isolation_level=None,
@@ -51,16 +60,19 @@ class CommitWatch:
         return channels
 
 
-def run_turn(db: Any, operations: list[Operation], watch: CommitWatch) -> tuple[list, set[str]]:
+def run_turn(db: Any, operations: list[Operation],
+             watch: CommitWatch) -> tuple[list[tuple[bool, Any]], set[str]]:
     """One writer turn: look for other processes' commits, then run the batch."""
     changed = watch.check(db)
     return (store.run_batch(db, operations) if operations else []), changed
 
 
 class Database:
-    """Deferred-returning access to the store for the server."""
+    """Deferred-returning access to the store for the server; `on_external_commit` hears
+    which channels other processes wrote to."""
 
-    def __init__(self, writer: Any, readers: Any) -> None:
+    def __init__(self, writer: Pool, readers: Pool,
+                 on_external_commit: Callable[[set[str]], None]) -> None:
         self._writer = writer
         self._readers = readers
         self._queue: list[tuple[Operation, Deferred[Any]]] = []
@@ -68,7 +80,7 @@ class Database:
         self._poll_wanted = False
         self._watch = CommitWatch()
         self._drained: list[Deferred[None]] = []
-        self.on_external_commit: Callable[[set[str]], None] = lambda channels: None
+        self._on_external_commit = on_external_commit
 
     def write(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Run `function(db, *args)` in the writer's next turn; fire with its result."""
@@ -79,7 +91,8 @@ class Database:
 
     def read(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Run `function(db, *args)` on a reader connection (it must not write)."""
-        return self._readers.runWithConnection(function, *args)
+        result: Deferred[Any] = self._readers.runWithConnection(function, *args)
+        return result
 
     def poll(self) -> None:
         """Look for other processes' commits soon (a turn with nothing else to do is cheap)."""
@@ -130,7 +143,7 @@ class Database:
             for (ok, value), (_, result) in zip(outcomes, batch):
                 result.callback(value) if ok else result.errback(value)
             if changed:
-                self.on_external_commit(changed)
+                self._on_external_commit(changed)
         self._next_turn()
 
     def _notify_drained(self) -> None:
@@ -141,3 +154,31 @@ class Database:
 
 def _call(function: Callable[..., Any], args: tuple[Any, ...], db: Any) -> Any:
     return function(db, *args)
+
+
+class ChangeFeed:
+    """Notices other processes' commits while anyone waits: every EXTERNAL_COMMIT_POLL_S it
+    asks the writer for a (cheap) turn, whose check wakes the channels written to. With
+    nobody waiting it stops, and costs nothing."""
+
+    def __init__(self, database: Database, waiters: Waiters, clock: IReactorTime) -> None:
+        self._database = database
+        self._waiters = waiters
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = clock
+
+    def watch(self) -> None:
+        """Make sure other processes' commits are being looked for (a waiter is parking)."""
+        if not self._loop.running:
+            self._loop.start(EXTERNAL_COMMIT_POLL_S, now=False)
+
+    def stop(self) -> None:
+        """Stop looking (the server is stopping)."""
+        if self._loop.running:
+            self._loop.stop()
+
+    def _tick(self) -> None:
+        if not self._waiters:
+            self._loop.stop()  # the loop ends with the last waiter
+            return
+        self._database.poll()

@@ -7,8 +7,6 @@ Idle waiters cost nothing: no timer but their own timeout, no polling.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
@@ -21,7 +19,6 @@ class Waiters:
         # Per channel, a dict used as an ordered set: removal on disconnect is O(1).
         self._by_channel: dict[str, dict[Deferred[bool], None]] = {}
         self._closed = False
-        self.on_first_waiter: Callable[[], None] = lambda: None
 
     def __len__(self) -> int:
         return sum(len(waiting) for waiting in self._by_channel.values())
@@ -34,8 +31,6 @@ class Waiters:
         if self._closed:
             return succeed(False)
         waiter: Deferred[bool] = Deferred(lambda d: self._forget(channel, d))
-        if not self._by_channel:
-            self.on_first_waiter()
         self._by_channel.setdefault(channel, {})[waiter] = None
         waiter.addTimeout(timeout, self._clock, onTimeoutCancel=_timed_out)
         return waiter

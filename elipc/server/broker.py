@@ -1,0 +1,194 @@
+"""The server's use cases (send, read, directory, health) over the database and the waiters.
+
+No HTTP here: the web layer parses and renders, this module decides. Methods are coroutines;
+the web layer wraps them in Deferreds, so cancelling a request (the client went away) cancels
+whatever the use case is waiting on, and a long-poll that is cancelled moves no watermark.
+The broker is a service: its timers (housekeeping, retention) are its children, and stopping
+it answers every pending long-poll.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from elipc import operations, store
+from elipc.agentcard import build_card
+from elipc.config import DEFAULT_PAGE, Settings
+from elipc.model import Accepted, Agent, Page, Signed
+from elipc.server.database import ChangeFeed, Database
+from elipc.server.security import SecurityEvents
+from elipc.server.waiters import Waiters
+
+HOUSEKEEPING_INTERVAL_S = 60.0
+
+log = Logger(namespace="elipc.broker")
+
+
+class Broker(MultiService):
+    """Send, read (with long-poll), register, and the read-only views, for one database."""
+
+    def __init__(self, database: Database, waiters: Waiters, feed: ChangeFeed,
+                 clock: IReactorTime, settings: Settings) -> None:
+        super().__init__()
+        self._db = database
+        self._clock = clock
+        self._settings = settings
+        self._feed = feed
+        self.policy = operations.Policy.from_settings(settings)
+        self.waiters = waiters
+        self.security = SecurityEvents(database, waiters, clock)
+        self._timer(self._forget_expired)
+        if settings.retention:
+            self._timer(self._retention_tick)
+
+    def _timer(self, tick: Any) -> None:
+        timer = TimerService(HOUSEKEEPING_INTERVAL_S, tick)
+        timer.clock = self._clock
+        timer.setServiceParent(self)
+
+    def stopService(self) -> Deferred[None]:
+        """Answer every pending long-poll with [] and stop the timers."""
+        self._feed.stop()
+        self.waiters.close()
+        if not self.running:
+            return succeed(None)  # never started: its timers have nothing to stop
+        stopped: Deferred[None] = super().stopService()
+        return stopped
+
+    async def send(self, channel: str, sender: str, content: str, signed: Signed,
+                   idempotency_key: str | None = None) -> Accepted:
+        """Store a message (secure mode: verified; once per idempotency key) and wake the
+        channel's waiters."""
+        accepted: Accepted = await self._db.write(
+            operations.accept_message, channel, sender, content, signed,
+            self._clock.seconds(), self.policy, idempotency_key,
+        )
+        if accepted.replayable:
+            log.info("accepted an el-ipc (replayable) signature from {sender} on {channel}",
+                     sender=sender, channel=channel, kind="replayable_signature")
+        if not accepted.duplicate:
+            self.waiters.wake(channel)
+        return accepted
+
+    async def register(self, name: str, agent_identity: str, public_key: str, operator: str,
+                       signed: Signed) -> None:
+        """Register `name` on `operator`'s elipc/2 signature (verified, replay-checked)."""
+        await self._db.write(operations.register, name, agent_identity, public_key, operator,
+                             signed, self._clock.seconds(), self.policy)
+        log.info("{operator} registered {name}", operator=operator, name=name)
+
+    async def read(
+        self, channel: str, agent: str, signed: Signed | None, wait: bool,
+        timeout: float, linger: float, limit: int = DEFAULT_PAGE, manual: bool = False,
+    ) -> Page:
+        """Up to `limit` unread messages for `agent`, and whether more are waiting; with
+        `wait`, block for a first one.
+
+        The watermark moves past what is returned, unless `manual`: then it moves only on
+        `ack`, so a response that never arrives is delivered again. In secure mode `signed`
+        must be `agent`'s read signature (checked first; a refusal moves nothing). `linger`
+        (with `wait`) lets a burst gather before answering.
+        """
+        await self._authorize(channel, agent, signed)
+        deadline = self._clock.seconds() + (timeout if wait else 0.0)
+        gather = wait and linger > 0
+        while True:
+            if not gather or await self._db.write(store.pending_count, channel, agent):
+                if gather:
+                    await deferLater(self._clock, linger)
+                page: Page = await self._db.write(store.unread_page, channel, agent, limit,
+                                                  None, not manual)
+                if page.messages or not wait:
+                    return page
+            remaining = deadline - self._clock.seconds()
+            if remaining <= 0 or not await self._wait(channel, remaining):
+                return Page()
+
+    def _wait(self, channel: str, timeout: float) -> Deferred[bool]:
+        waiting = self.waiters.wait(channel, timeout)
+        self._feed.watch()  # another process's commit wakes it too
+        return waiting
+
+    async def ack(self, channel: str, agent: str, up_to: int, signed: Signed | None) -> int:
+        """Move `agent`'s watermark on `channel` to `up_to` (signed in secure mode)."""
+        await self._db.write(operations.authorize_read, channel, agent, signed,
+                             self._clock.seconds(), self.policy, up_to)
+        return int(await self._db.write(store.acknowledge, channel, agent, up_to))
+
+    async def history(self, channel: str, after_id: int, limit: int) -> Page:
+        """Messages of `channel` after `after_id` (and whether more follow); moves nothing."""
+        page: Page = await self._db.read(store.history_page, channel, after_id, limit)
+        return page
+
+    async def is_secure(self) -> bool:
+        """Whether an operator exists."""
+        return bool(await self._db.read(store.is_secure))
+
+    async def channels(self) -> list[dict[str, object]]:
+        """Every channel with its count and last message time."""
+        channels: list[dict[str, object]] = await self._db.read(store.list_channels)
+        return channels
+
+    async def agents(self) -> list[Agent]:
+        """The directory, oldest first."""
+        agents: list[Agent] = await self._db.read(store.list_agents)
+        return agents
+
+    async def health(self, channel: str, agent: str,
+                     signed: Signed | None) -> dict[str, object]:
+        """Status, `agent`'s unread count on `channel` (0 if either is empty; signed like a
+        read in secure mode), secure mode, and the security events counted so far."""
+        if channel and agent:
+            await self._authorize(channel, agent, signed)
+        answer: dict[str, object] = await self._db.read(_health, channel, agent)
+        answer["security_events"] = dict(self.security.counts)
+        return answer
+
+    async def agent_card(self) -> dict[str, object]:
+        """The A2A agent card, with the first operator's did:key once there is one."""
+        operator: Agent | None = await self._db.read(store.first_operator)
+        return build_card(self._settings, operator.public_key if operator else None)
+
+    async def _authorize(self, channel: str, agent: str, signed: Signed | None) -> None:
+        await self._db.write(operations.authorize_read, channel, agent, signed,
+                             self._clock.seconds(), self.policy)
+
+    def _forget_expired(self) -> Deferred[None]:
+        # Logged, not raised: a failed pass must not stop the timer.
+        forgotten: Deferred[None] = self._db.write(
+            operations.forget_expired, self._clock.seconds(), self.policy)
+        return forgotten.addErrback(
+            lambda f: log.failure("could not forget old nonces and idempotency keys", f))
+
+    def _retention_tick(self) -> Deferred[object]:
+        return Deferred.fromCoroutine(self.apply_retention()).addErrback(
+            lambda f: log.failure("retention pass failed", f))
+
+    async def apply_retention(self) -> int:
+        """Delete messages older than the retention period, a batch per writer turn so sends
+        keep flowing in between; return how many went."""
+        cutoff = self._clock.seconds() - self._settings.retention
+        steps = operations.retention(cutoff)
+        try:
+            step = next(steps)
+            while True:
+                step = steps.send(await self._db.write(step))
+        except StopIteration as done:
+            deleted = int(done.value)
+        if deleted:
+            log.info("retention deleted {count} messages older than {cutoff}",
+                     count=deleted, cutoff=cutoff)
+        return deleted
+
+
+def _health(db: Any, channel: str, agent: str) -> dict[str, object]:
+    pending = store.pending_count(db, channel, agent) if channel and agent else 0
+    return {"status": "ok", "pending": pending, "secure_mode": store.is_secure(db),
+            "oldest_id": store.oldest_message_id(db)}

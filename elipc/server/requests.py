@@ -1,0 +1,182 @@
+"""Reading an HTTP request into domain values: query parameters, JSON bodies, signatures,
+idempotency keys. Everything wrong with a request becomes an InvalidInput (or TooLarge, or
+LengthRequired) saying what; the web layer decides the status.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from twisted.web.iweb import IRequest
+
+from elipc.config import seconds_setting
+from elipc.identity import IdentityError, decode_signature, parse_public_key
+from elipc.model import (
+    UNSIGNED,
+    InvalidInput,
+    Signed,
+    check_name,
+    check_nonce,
+    check_timestamp,
+)
+
+READ_HEADERS = (b"x-elipc-timestamp", b"x-elipc-nonce", b"x-elipc-signature")
+
+
+class LengthRequired(InvalidInput):
+    """A body came with neither Content-Length nor chunked framing."""
+
+
+def query(request: IRequest, known: tuple[str, ...]) -> dict[str, str]:
+    """The URL's query parameters, each once and UTF-8; any other parameter is refused.
+
+    Read from the URL itself: Twisted's request.args also holds a form-encoded body's fields,
+    and curl -d sends JSON labelled as a form.
+    """
+    params: dict[str, str] = {}
+    raw_query = request.uri.partition(b"?")[2]
+    for pair in filter(None, raw_query.split(b"&")):
+        raw_name, _, raw_value = pair.partition(b"=")
+        name = utf8(_unquote(raw_name), "query parameter name")
+        if name not in known:
+            raise InvalidInput(f"unknown query parameter: {name!r}")
+        if name in params:
+            raise InvalidInput(f"query parameter {name} given more than once")
+        params[name] = utf8(_unquote(raw_value), name)
+    return params
+
+
+def _unquote(raw: bytes) -> bytes:
+    return unquote_to_bytes(raw.replace(b"+", b" "))
+
+
+def utf8(raw: bytes, what: str) -> str:
+    """`raw` as text, or InvalidInput naming `what`."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{what} is not valid UTF-8") from None
+
+
+def flag(value: str, name: str) -> bool:
+    """A true/false query parameter (empty: false)."""
+    lowered = value.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("", "false", "0", "no"):
+        return False
+    raise InvalidInput(f"{name} must be true or false, not {value!r}")
+
+
+def seconds(params: dict[str, str], name: str, default: float, maximum: float) -> float:
+    """A number of seconds from 0 to `maximum`, `default` when absent."""
+    return seconds_setting(params[name], name, maximum) if name in params else default
+
+
+def whole(params: dict[str, str], name: str, default: int, maximum: int,
+          minimum: int = 0) -> int:
+    """A whole number from `minimum` to `maximum`, `default` when absent."""
+    if name not in params:
+        return default
+    text = params[name]
+    if not (text.isascii() and text.isdigit()) or not minimum <= int(text) <= maximum:
+        raise InvalidInput(f"{name} must be a whole number from {minimum} to {maximum}")
+    return int(text)
+
+
+def ack_mode(value: str) -> bool:
+    """Whether `ack=` asks for manual acknowledgement."""
+    if value not in ("auto", "manual"):
+        raise InvalidInput(f"ack must be auto or manual, not {value!r}")
+    return value == "manual"
+
+
+def json_object(request: IRequest) -> dict[str, Any]:
+    """The body as a JSON object, or an error saying what is wrong with it."""
+    headers = request.requestHeaders
+    if not headers.hasHeader(b"content-length") and not headers.hasHeader(b"transfer-encoding"):
+        raise LengthRequired("Content-Length required")
+    raw = request.content.read()
+    if not raw:
+        raise InvalidInput("request body is empty; send a JSON object")
+    try:
+        body = json.loads(utf8(raw, "request body"))
+    except (ValueError, RecursionError) as e:
+        raise InvalidInput(f"request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return body
+
+
+def required(body: dict[str, Any], field: str) -> Any:
+    """A send's or ack's required field (el-ipc's message when one is missing)."""
+    value = body.get(field)
+    if value is None or value == "":
+        raise InvalidInput("channel, sender, and content required")
+    return value
+
+
+def idempotency_key(request: IRequest, body: dict[str, Any]) -> str | None:
+    """The send's idempotency key, from the Idempotency-Key header or the body's field."""
+    header = request.getHeader(b"idempotency-key")
+    field = body.get("idempotency_key")
+    if header is not None and field is not None and header.decode("utf-8", "replace") != field:
+        raise InvalidInput("Idempotency-Key header and idempotency_key field differ")
+    key = field if header is None else utf8(header, "Idempotency-Key")
+    return None if key is None else check_name(key, "idempotency key")
+
+
+def signature(value: Any, field: str) -> str:
+    """A base64 Ed25519 signature, as sent."""
+    if not isinstance(value, str) or decode_signature(value) is None:
+        raise InvalidInput(f"{field} must be base64 of a 64-byte Ed25519 signature")
+    return value
+
+
+def send_signature(body: dict[str, Any]) -> Signed:
+    """A send's signature fields: none, el-ipc's signature alone, or elipc/2's three."""
+    sig, timestamp, nonce = body.get("signature"), body.get("timestamp"), body.get("nonce")
+    if sig in (None, ""):
+        if timestamp is not None or nonce is not None:
+            raise InvalidInput("timestamp and nonce come with a signature")
+        return UNSIGNED
+    if (timestamp is None) != (nonce is None):
+        raise InvalidInput("timestamp and nonce go together")
+    if timestamp is None:
+        return Signed(signature(sig, "signature"))
+    return Signed(signature(sig, "signature"), check_timestamp(timestamp), check_nonce(nonce))
+
+
+def read_signature(request: IRequest) -> Signed | None:
+    """The X-Elipc-* headers of a signed read or ack, or None when there are none."""
+    values = [request.getHeader(name) for name in READ_HEADERS]
+    if all(v is None for v in values):
+        return None
+    if any(v is None for v in values):
+        raise InvalidInput("a signed read needs all of X-Elipc-Timestamp, X-Elipc-Nonce and "
+                           "X-Elipc-Signature")
+    timestamp, nonce, sig = (v.decode("ascii", "replace") for v in values if v is not None)
+    return Signed(signature(sig, "X-Elipc-Signature"), check_timestamp(timestamp),
+                  check_nonce(nonce))
+
+
+def public_key(value: Any) -> str:
+    """A PEM Ed25519 public key, kept exactly as sent: the operator signed these very
+    characters."""
+    if not isinstance(value, str):
+        raise InvalidInput("public_key must be a PEM string")
+    try:
+        parse_public_key(value)
+    except IdentityError:
+        raise InvalidInput("public_key is not an Ed25519 public key (PEM)") from None
+    return value
+
+
+def up_to(body: dict[str, Any]) -> int:
+    """An ack's message id."""
+    value = body.get("up_to")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidInput("up_to must be a message id (a whole number)")
+    return value

@@ -1,0 +1,259 @@
+"""The HTTP API: a Klein app whose routes parse (requests.py), call one broker method, and
+render JSON.
+
+Each route declares its query parameters once. Every error is `{"error": "..."}`; which
+status a domain error gets is decided in one table here (STATUS) and rendered by one handler.
+site.py refuses what never reaches a route, also with JSON.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from klein import Klein
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from elipc.config import (
+    DEFAULT_PAGE,
+    DEFAULT_WAIT_TIMEOUT,
+    MAX_LINGER,
+    MAX_PAGE,
+    MAX_WAIT_TIMEOUT,
+    Settings,
+)
+from elipc.identity import IdentityError, did_key
+from elipc.model import (
+    RESERVED_PREFIX,
+    Conflict,
+    ElipcError,
+    InvalidInput,
+    Page,
+    Rejected,
+    Replayed,
+    Signed,
+    StorageError,
+    TooLarge,
+    Unauthenticated,
+    check_channel_for_sending,
+    check_content,
+    check_identity,
+    check_name,
+    check_timestamp,
+)
+from elipc.server import requests
+from elipc.server.broker import Broker
+from elipc.server.site import ElipcSite, Front, json_bytes, remote_address
+
+log = Logger(namespace="elipc.web")
+
+# The HTTP status of every domain error, most specific first (the first match wins).
+STATUS: tuple[tuple[type[ElipcError], int], ...] = (
+    (requests.LengthRequired, 411),
+    (TooLarge, 413),
+    (InvalidInput, 400),
+    (Unauthenticated, 401),
+    (Replayed, 409),
+    (Rejected, 403),
+    (Conflict, 409),
+    (StorageError, 503),
+)
+
+Handler = Callable[[Any, IRequest, dict[str, str]], Awaitable[bytes]]
+H = TypeVar("H", bound=Handler)
+
+
+_APP = Klein()
+
+
+def route(path: str, method: str, *params: str) -> Callable[[H], H]:
+    """Serve `method path`, handing the handler its query parameters (only `params` are
+    allowed; any other is a 400)."""
+    def decorate(handler: H) -> H:
+        @functools.wraps(handler)
+        def parsed(self: HttpApi, request: IRequest) -> Awaitable[bytes]:
+            return handler(self, request, requests.query(request, params))
+        _APP.route(path, methods=[method])(parsed)
+        return handler
+    return decorate
+
+
+def status_of(error: ElipcError) -> int:
+    """The HTTP status for `error` (500 for a domain error nobody placed: a bug)."""
+    return next((status for kind, status in STATUS if isinstance(error, kind)), 500)
+
+
+class HttpApi:
+    """el-ipc's endpoints over one Broker."""
+
+    app = _APP
+
+    def __init__(self, broker: Broker, settings: Settings) -> None:
+        self.broker = broker
+        self.settings = settings
+
+    @route("/send", "POST")
+    async def send(self, request: IRequest, params: dict[str, str]) -> bytes:
+        """POST /send {channel, sender, content, signature?, timestamp?, nonce?} -> {ok, id}."""
+        body = requests.json_object(request)
+        channel = check_channel_for_sending(requests.required(body, "channel"))
+        sender = check_name(requests.required(body, "sender"), "sender")
+        content = check_content(requests.required(body, "content"),
+                                self.settings.max_content_bytes)
+        accepted = await self.broker.send(channel, sender, content,
+                                          requests.send_signature(body),
+                                          requests.idempotency_key(request, body))
+        answer: dict[str, object] = {"ok": True, "id": accepted.id}
+        if accepted.duplicate:
+            answer["duplicate"] = True
+        return json_bytes(request, 200, answer)
+
+    @route("/ack", "POST")
+    async def ack(self, request: IRequest, params: dict[str, str]) -> bytes:
+        """POST /ack {channel, agent, up_to} -> {ok, watermark}: commit a manual-ack read."""
+        body = requests.json_object(request)
+        channel = check_name(requests.required(body, "channel"), "channel")
+        agent = check_name(requests.required(body, "agent"), "agent")
+        watermark = await self.broker.ack(channel, agent, requests.up_to(body),
+                                          requests.read_signature(request))
+        return json_bytes(request, 200, {"ok": True, "watermark": watermark})
+
+    @route("/register", "POST")
+    async def register(self, request: IRequest, params: dict[str, str]) -> bytes:
+        """POST /register {name, public_key, identity?, operator, timestamp,
+        operator_signature}: an operator's locally signed authorization of an agent's key."""
+        body = requests.json_object(request)
+        if "operator_key" in body:
+            # Never echo or log it: the point is that it should not have been sent at all.
+            self.broker.security("private_key_sent", "a private key was sent to /register",
+                                 remote_address(request))
+            raise InvalidInput("never send a private key: sign the registration locally "
+                               "(elipc register) and send operator_signature instead")
+        name = check_name(body.get("name"), "name")
+        operator = check_name(body.get("operator"), "operator")
+        public_key = requests.public_key(body.get("public_key"))
+        signed = requests.signature(body.get("operator_signature"), "operator_signature")
+        timestamp = check_timestamp(body.get("timestamp"))
+        agent_identity = check_identity(body.get("identity", ""))
+        await self.broker.register(name, agent_identity, public_key, operator,
+                                   Signed(signed, timestamp))
+        return json_bytes(request, 200, {
+            "ok": True, "message": f"Agent '{name}' registered by operator '{operator}'"})
+
+    @route("/messages", "GET", "channel", "agent", "wait", "timeout", "linger", "limit", "ack",
+           "after_id")
+    async def messages(self, request: IRequest, params: dict[str, str]) -> bytes:
+        """GET /messages?channel&agent[&wait&timeout&linger&limit&ack=manual] -> [message, ...];
+        GET /messages?channel&after_id[&limit] (no agent) -> history, moving nothing."""
+        limit = requests.whole(params, "limit", DEFAULT_PAGE, MAX_PAGE, minimum=1)
+        if "after_id" in params and "agent" not in params:
+            return await self._history(request, params, limit)
+        if not params.get("channel") or not params.get("agent"):
+            raise InvalidInput("channel and agent params required")
+        if "after_id" in params:
+            raise InvalidInput("after_id reads history and takes no agent")
+        channel = check_name(params["channel"], "channel")
+        agent = check_name(params["agent"], "agent")
+        page = await self.broker.read(
+            channel, agent, requests.read_signature(request),
+            wait=requests.flag(params.get("wait", ""), "wait"),
+            timeout=requests.seconds(params, "timeout", DEFAULT_WAIT_TIMEOUT, MAX_WAIT_TIMEOUT),
+            linger=requests.seconds(params, "linger", self.settings.linger, MAX_LINGER),
+            limit=limit, manual=requests.ack_mode(params.get("ack", "auto")),
+        )
+        return _page(request, page)
+
+    async def _history(self, request: IRequest, params: dict[str, str], limit: int) -> bytes:
+        channel = check_name(params.get("channel"), "channel")
+        if channel.startswith(RESERVED_PREFIX) and await self.broker.is_secure():
+            raise Rejected(f"history of {RESERVED_PREFIX} channels is not public in secure "
+                           "mode; read it as an operator", "security_channel", channel=channel)
+        after_id = requests.whole(params, "after_id", 0, 2**63 - 1)
+        return _page(request, await self.broker.history(channel, after_id, limit))
+
+    @route("/channels", "GET")
+    async def channels(self, request: IRequest, params: dict[str, str]) -> bytes:
+        """GET /channels -> [{channel, count, last_message}], most recent first."""
+        return json_bytes(request, 200, await self.broker.channels())
+
+    @route("/agents", "GET")
+    async def agents(self, request: IRequest, params: dict[str, str]) -> bytes:
+        """GET /agents -> [{name, identity, role, registered_by, created_at, public_key, did}]."""
+        agents = await self.broker.agents()
+        return json_bytes(request, 200, [{**a.as_json(), "did": _did(a.public_key)}
+                                         for a in agents])
+
+    @route("/health", "GET", "channel", "agent")
+    async def health(self, request: IRequest, params: dict[str, str]) -> bytes:
+        """GET /health[?channel&agent] -> {status, pending, secure_mode, security_events}."""
+        channel, agent = params.get("channel", ""), params.get("agent", "")
+        if channel:
+            check_name(channel, "channel")
+        if agent:
+            check_name(agent, "agent")
+        signed = requests.read_signature(request) if channel and agent else None
+        return json_bytes(request, 200, await self.broker.health(channel, agent, signed))
+
+    @route("/.well-known/agent-card.json", "GET")
+    async def agent_card(self, request: IRequest, params: dict[str, str]) -> bytes:
+        """The A2A agent card."""
+        return json_bytes(request, 200, await self.broker.agent_card())
+
+    @app.handle_errors(ElipcError)
+    def refused(self, request: IRequest, failure: Failure) -> bytes:
+        """Every domain error: its status from STATUS, its message as the error."""
+        error = failure.value
+        assert isinstance(error, ElipcError)  # handle_errors matched it
+        status = status_of(error)
+        if isinstance(error, Rejected):
+            self.broker.security(error.kind, str(error), remote_address(request),
+                                 **error.context)
+        elif isinstance(error, StorageError):
+            log.error("storage failed: {reason}", reason=str(error))
+            return json_bytes(request, status, {"error": f"storage unavailable: {error}"})
+        elif status == 500:
+            log.failure("unplaced error on {path}", failure, path=request.path)
+        return json_bytes(request, status, {"error": str(error)})
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request: IRequest, failure: Failure) -> bytes:
+        """No such route."""
+        return json_bytes(request, 404, {"error": "not found"})
+
+    @app.handle_errors(MethodNotAllowed)
+    def wrong_method(self, request: IRequest, failure: Failure) -> bytes:
+        """A route asked for with a method it does not take; Allow says which it does."""
+        allowed = ", ".join(failure.value.valid_methods or ())
+        request.setHeader(b"Allow", allowed.encode("ascii"))
+        return json_bytes(request, 405, {"error": f"method not allowed; use {allowed}"})
+
+    @app.handle_errors(Exception)
+    def internal(self, request: IRequest, failure: Failure) -> bytes:
+        """A bug, never bad input (that is answered above): log it whole, tell little."""
+        log.failure("unhandled error on {path}", failure, path=request.path)
+        return json_bytes(request, 500, {"error": "internal error"})
+
+
+def _page(request: IRequest, page: Page) -> bytes:
+    # Whether more is waiting travels in a header, so the body stays el-ipc's plain list.
+    request.setHeader(b"X-Elipc-More", b"true" if page.more else b"false")
+    return json_bytes(request, 200, [m.as_json() for m in page.messages])
+
+
+def _did(public_key: str) -> str | None:
+    try:
+        return did_key(public_key)
+    except IdentityError:
+        return None  # an entry el-ipc stored without a usable key
+
+
+def make_site(broker: Broker, settings: Settings, clock: IReactorTime) -> ElipcSite:
+    """The complete HTTP site for `broker`."""
+    api = HttpApi(broker, settings)
+    front = Front(api.app.resource(), settings.api_key, broker.security)
+    return ElipcSite(front, clock, settings.max_body_bytes)
