@@ -87,10 +87,10 @@ def parse_duration(text: str, name: str) -> float:
     return number
 
 
-def seconds_setting(value: object, name: str, maximum: float) -> float:
+def seconds_setting(value: str | float, name: str, maximum: float) -> float:
     """`value` as seconds from 0 to `maximum`, or a ConfigError naming `name`."""
     try:
-        number = float(value)  # type: ignore[arg-type]  # any object: float() decides
+        number = float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name} is not a number of seconds: {value!r}") from None
     if not 0 <= number <= maximum:  # also refuses NaN

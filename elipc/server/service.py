@@ -95,6 +95,7 @@ class Listener(StreamServerEndpointService):
                          reason=str(e))
             # SystemExit's text reaches stderr even before the runner has started logging.
             raise SystemExit(f"elipc: cannot listen on {self.settings.listen}: {e}") from None
+        assert self._waitingForPort is not None  # set by the listen above
         self._waitingForPort.addCallback(self._listening)
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
@@ -123,7 +124,7 @@ class ElipcService(MultiService):
 
     async def _stop(self) -> None:
         for child in reversed(list(self)):
-            await child.stopService()  # type: ignore[misc]  # IService: Deferred or None
+            await child.stopService()
         log.info("elipc stopped")
 
     def stopService(self) -> Deferred[None]:
@@ -226,4 +227,4 @@ def run(port: str | None = None, db_path: str | None = None) -> None:
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
     service.startService()  # as twist does: a port in use ends here, status 1
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    reactor.run()  # type: ignore[attr-defined]  # the global reactor is an IReactorCore
+    reactor.run()

@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
@@ -45,7 +46,9 @@ class ElipcRequest(Request):
 
     def gotLength(self, length: int | None) -> None:
         # Kept here: Twisted clears request.channel when the connection goes.
-        self.elipc_site: ElipcSite = self.channel.site
+        channel = self.channel
+        assert isinstance(channel, ElipcChannel)  # ElipcSite builds only these
+        self.elipc_site: ElipcSite = channel.site
         self.started = self.elipc_site.clock.seconds()
         self._body_budget = self.elipc_site.max_body_bytes
         super().gotLength(length)
@@ -66,8 +69,9 @@ class ElipcChannel(HTTPChannel):
     def connectionMade(self) -> None:
         super().connectionMade()
         # Answers are small and a client waits for each: never let Nagle hold one back.
-        if hasattr(self.transport, "setTcpNoDelay"):
-            self.transport.setTcpNoDelay(True)
+        transport = self.transport
+        if transport is not None and hasattr(transport, "setTcpNoDelay"):
+            transport.setTcpNoDelay(True)
 
     def allHeadersReceived(self) -> None:
         if self.length is not None and self.length > self.site.max_body_bytes:
@@ -82,6 +86,7 @@ class ElipcChannel(HTTPChannel):
     def _refuse(self, status: int, message: str) -> None:
         body = json.dumps({"error": message}).encode("utf-8")
         reason = {400: b"Bad Request", 413: b"Content Too Large"}[status]
+        assert self.transport is not None  # only called while the connection is up
         self.transport.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
             b"Connection: close\r\n\r\n%s" % (status, reason, len(body), body)
@@ -89,7 +94,9 @@ class ElipcChannel(HTTPChannel):
         log.info("refused {status} from {remote}: {reason}", status=status, reason=message,
                  remote=str(getattr(self.transport.getPeer(), "host", "-")))
         # Drop whatever else this client sends, as Twisted does after a non-persistent request.
-        self.dataReceived = self.lineReceived = self.rawDataReceived = _ignore  # type: ignore
+        # Methods replaced on the instance: this channel reads nothing more.
+        self.dataReceived = _ignore  # type: ignore[method-assign]
+        self.lineReceived = self.rawDataReceived = _ignore  # type: ignore[method-assign, assignment]
         self.loseConnection()
 
 
@@ -151,18 +158,21 @@ class ElipcSite(Site):
     """The HTTP site: elipc's request and channel classes and one log line per request."""
 
     requestFactory = ElipcRequest
-    protocol = ElipcChannel  # plain HTTP/1.1 (no HTTP/2 negotiation)
+    # Plain HTTP/1.1 (no HTTP/2 negotiation). HTTPFactory types this as a callable making a
+    # generic channel; a channel class is one.
+    protocol = ElipcChannel  # type: ignore[assignment]
     displayTracebacks = False
 
     def __init__(self, resource: Resource, clock: IReactorTime, max_body_bytes: int) -> None:
         # No form parsing: bodies are JSON, and Twisted's Content-Type parse (the email
         # package) cost a fifth of the server's CPU per send.
-        super().__init__(resource, parsePOSTFormSubmission=False)
+        super().__init__(resource, parsePOSTFormSubmission=False, reactor=clock)
         self.clock = clock
         self.max_body_bytes = max_body_bytes
 
-    def log(self, request: ElipcRequest) -> None:
+    def log(self, request: http.Request) -> None:
         # Method, path (never the query or headers: no secrets), status, duration.
+        assert isinstance(request, ElipcRequest)  # requestFactory
         log.info("{method} {path} {status} {duration_ms} ms",
                  method=request.method.decode("ascii", "replace"),
                  path=request.path.decode("utf-8", "replace"), status=request.code,

@@ -228,7 +228,9 @@ class HttpApi:
     @app.handle_errors(MethodNotAllowed)
     def wrong_method(self, request: IRequest, failure: Failure) -> bytes:
         """A route asked for with a method it does not take; Allow says which it does."""
-        allowed = ", ".join(failure.value.valid_methods or ())
+        error = failure.value
+        assert isinstance(error, MethodNotAllowed)  # handle_errors matched it
+        allowed = ", ".join(error.valid_methods or ())
         request.setHeader(b"Allow", allowed.encode("ascii"))
         return json_bytes(request, 405, {"error": f"method not allowed; use {allowed}"})
 

@@ -6,24 +6,25 @@ import functools
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from elipc.model import StorageError
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 BUSY_TIMEOUT_S = 10.0
 
 
-def guarded(function: F) -> F:
+def guarded(function: Callable[P, R]) -> Callable[P, R]:
     """Turn sqlite3 errors raised by `function` into StorageError."""
     @functools.wraps(function)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return function(*args, **kwargs)
         except sqlite3.Error as e:
             raise StorageError(_describe(e)) from None
-    return guarded  # type: ignore[return-value]
+    return guarded
 
 
 def _describe(error: sqlite3.Error) -> str:
@@ -72,7 +73,8 @@ def transaction(db: Any) -> WriteTransaction:
 
 def _connection(db: Any) -> sqlite3.Connection:
     # A sqlite3 cursor knows its connection; a connection (or adbapi's proxy of one) is one.
-    return getattr(db, "connection", db)
+    connection: sqlite3.Connection = getattr(db, "connection", db)
+    return connection
 
 
 @guarded

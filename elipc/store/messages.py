@@ -51,7 +51,8 @@ def delete_messages_before(db: Any, created_before: float, batch: int) -> int:
 @guarded
 def oldest_message_id(db: Any) -> int | None:
     """The lowest message id still stored (None when there are none)."""
-    return db.execute("SELECT MIN(id) FROM messages").fetchone()[0]
+    oldest = db.execute("SELECT MIN(id) FROM messages").fetchone()[0]
+    return None if oldest is None else int(oldest)
 
 
 @guarded
