@@ -334,18 +334,39 @@ def cli_wait_wake(db_path: str, rounds: int) -> dict[str, str]:
             f"{ms(percentile(latencies, 50))} / {ms(max(latencies))}"}
 
 
+def cli_median(argv: list[str], env: dict[str, str], rounds: int) -> float:
+    """The median wall time of `elipc ARGV` as a whole process."""
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        subprocess.run([os.path.join(BIN, "elipc"), *argv], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def cli_startup(db_path: str, rounds: int) -> dict[str, str]:
     env = {**os.environ, "IPC_DB_PATH": db_path}
     results = {}
     for name, argv in (("send", ["send", "cli", "a", "hello"]), ("read", ["read", "cli", "r"])):
-        times = []
-        for _ in range(rounds):
-            t = time.perf_counter()
-            subprocess.run([os.path.join(BIN, "elipc"), *argv], env=env, check=True,
-                           stdout=subprocess.DEVNULL)
-            times.append(time.perf_counter() - t)
-        results[f"CLI `elipc {name}` (local, no server), median"] = ms(statistics.median(times))
+        results[f"CLI `elipc {name}` (local, no server), median"] = ms(
+            cli_median(argv, env, rounds))
     return results
+
+
+def cli_remote_send(server: "Server", local_db: str, rounds: int) -> dict[str, str]:
+    """`elipc --server URL send` against local `elipc send`, interleaved, as whole processes."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPC_")}
+    local_env = {**env, "IPC_DB_PATH": local_db}
+    remote_env = {**env, "IPC_SERVER_URL": f"http://127.0.0.1:{server.port}"}
+    argv = ["send", "remote", "a", "hello"]
+    local, remote = [], []
+    for _ in range(rounds):  # A B A B ...: a drifting machine hits both alike
+        local.append(cli_median(argv, local_env, 1))
+        remote.append(cli_median(argv, remote_env, 1))
+    a, b = statistics.median(local), statistics.median(remote)
+    return {"CLI `elipc send` remote (--server) / local, median": (
+        f"{ms(b)} / {ms(a)} (x{b / a:.2f})")}
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -389,6 +410,7 @@ def run_all(work: str, scale: float) -> dict[str, str]:
     rows.update(cli_startup(os.path.join(work, "cli.db"), n(30)))
     rows.update(cli_wait_wake(os.path.join(work, "cli.db"), n(20)))
     with_server("sends.db",
+                lambda s: _now(cli_remote_send(s, os.path.join(work, "cli.db"), n(30))),
                 lambda s: _now(sequential_sends(s.port, n(5000))),
                 lambda s: concurrent_sends(s.port, 16, n(1000)),
                 lambda s: wake_latency(s.port, n(300)),

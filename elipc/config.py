@@ -161,7 +161,8 @@ TABLE: tuple[Setting, ...] = (
             "the SQLite file (folder 0700, file 0600)", fronts=("server", "cli")),
     # --port is the listen setting's option; a bare number there is the port too.
     Setting("port", "IPC_PORT", "port", parse_port, DEFAULT_PORT, f"`{DEFAULT_PORT}`",
-            "the port, bound to 127.0.0.1", fronts=()),
+            "port (bound to 127.0.0.1); `--port` also takes a Twisted endpoint string",
+            fronts=()),
     Setting("listen", None, "port", parse_listen,
             lambda values, environ: listen_on(values["port"]), "`IPC_PORT` on 127.0.0.1",
             "port number (bound to 127.0.0.1) or any Twisted endpoint string "

@@ -135,6 +135,9 @@ class SynchronousPool:
         self.calls += 1
         return maybeDeferred(function, self.connection, *args)
 
+    def start(self) -> None:
+        """Nothing to start: calls run at once."""
+
     def close(self) -> None:
         self.connection.close()
 

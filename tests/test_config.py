@@ -88,3 +88,48 @@ class LocationTests(SynchronousTestCase):
             self.assertIsNone(prepare_db_location(self.settings))
         explicit = Settings.load({"IPC_DB_PATH": os.path.join(self.root, "x.db")})
         self.assertIsNone(prepare_db_location(explicit))
+
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def _option_cell(setting: config.Setting) -> str:
+    if not setting.option:
+        return "(environment only)"
+    return f"`--{setting.option}`" + ("" if "server" in setting.fronts or not setting.fronts
+                                       else " (CLI)")
+
+
+class SettingsTableTests(SynchronousTestCase):
+    """The README's settings table is the settings table, row for row."""
+
+    def readme_rows(self) -> list[list[str]]:
+        with open(README) as f:
+            text = f.read()
+        table = text.split("## Settings", 1)[1].split("\n\n", 2)[1]
+        rows = [[cell.strip() for cell in line.strip("|").split("|")]
+                for line in table.splitlines()]
+        return rows[2:]  # past the header and its rule
+
+    def test_readme_matches_table(self) -> None:
+        """Every setting with a variable has its row: variable, option, default, meaning."""
+        expected = [[f"`{s.env}`", _option_cell(s), s.shown_default, s.help]
+                    for s in config.TABLE if s.env]
+        self.assertEqual(self.readme_rows(), expected)
+
+    def test_every_setting_is_parsed_from_its_variable(self) -> None:
+        """Each variable in the table reaches its setting, and a bad value names it."""
+        for setting in config.TABLE:
+            if setting.env is None or setting.parse is config.parse_text:
+                continue
+            with self.assertRaises(ConfigError) as caught:
+                Settings.load({setting.env: "not-a-value"})
+            self.assertIn(setting.env, str(caught.exception))
+
+    def test_options_come_from_the_table(self) -> None:
+        """The server's options and the CLI's global options are the table's."""
+        from elipc.server.service import Options
+
+        server = {row[0] for row in Options.optParameters} | {row[0] for row in Options.optFlags}
+        self.assertEqual(server, {s.option for s in config.options_for("server")})
+        self.assertEqual({s.option for s in config.options_for("cli")}, {"db", "server"})

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from twisted.python.usage import UsageError
-from twisted.trial.unittest import SynchronousTestCase
+import os
 
-from elipc.server.service import Options
+import treq
+from twisted.web.client import HTTPConnectionPool
+from twisted.internet import reactor
+from twisted.internet.error import ConnectError
+from twisted.internet.task import deferLater
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from elipc.server.broker import Broker
+from elipc.server.service import Listener, Options, StorageService, makeService
+from tests.helpers import raw_rows, temp_dir
 
 
 class OptionsTests(SynchronousTestCase):
@@ -40,3 +49,54 @@ class OptionsTests(SynchronousTestCase):
             with self.assertRaises(UsageError) as caught:
                 self.parse(*argv)
             self.assertIn(argv[0].lstrip("-").split("-")[0], str(caught.exception))
+
+
+class ServiceTreeTests(TestCase):
+    """makeService's tree starts storage, broker and listener, and stops them in reverse."""
+
+    def setUp(self) -> None:
+        self.path = os.path.join(temp_dir(self), "ipc.db")
+        options = Options()
+        options.parseOptions(["--port", "tcp:0:interface=127.0.0.1", "--db", self.path])
+        self.service = makeService(options, reactor)
+        self.children = list(self.service)
+        self.addCleanup(self.stop)
+
+    def stop(self) -> object:
+        """Stop what a test started; close the pools of a server that never started."""
+        if self.service.running:
+            return self.service.stopService()
+        self.children[0].database.close()
+        return None
+
+    def test_children_in_order(self) -> None:
+        """Storage first, then the broker, then the listener (so it is stopped first)."""
+        self.assertEqual([type(child) for child in self.children],
+                         [StorageService, Broker, Listener])
+
+    async def test_stop_answers_long_polls_then_closes(self) -> None:
+        """Stopping a live server answers a pending long-poll with [] after the port closes,
+        and leaves the database closed with the message sent before it."""
+        pool = HTTPConnectionPool(reactor)
+        self.addCleanup(pool.closeCachedConnections)
+        self.service.startService()
+        port = await self.children[2]._waitingForPort
+        base = f"http://127.0.0.1:{port.getHost().port}"
+        sent = await treq.post(f"{base}/send", json={"channel": "c", "sender": "a",
+                                                     "content": "kept"}, pool=pool)
+        self.assertEqual(await sent.json(), {"ok": True, "id": 1})
+        read = await treq.get(f"{base}/messages?channel=c&agent=r", pool=pool)
+        self.assertEqual(len(await read.json()), 1)  # read it: the next one waits
+        polling = treq.get(f"{base}/messages?channel=c&agent=r&wait=true&timeout=30", pool=pool)
+        while not len(self.children[1].waiters):
+            await deferLater(reactor, 0.01)
+        await self.service.stopService()
+        response = await polling
+        self.assertEqual(await response.json(), [])
+        with self.assertRaises(ConnectError):
+            await treq.get(f"{base}/health", persistent=False)
+        self.assertEqual(raw_rows(self.path, "SELECT content FROM messages"), [("kept",)])
+        self.assertFalse(self.children[0].database._writer.running)
+        late = await treq.get(f"{base}/health", pool=pool)  # a connection from before the stop
+        self.assertEqual((late.code, await late.json()),
+                         (503, {"error": "storage unavailable: the server is stopping"}))

@@ -16,12 +16,13 @@ from functools import partial
 from typing import Any
 
 from twisted.enterprise.adbapi import ConnectionPool
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from elipc import store
+from elipc.model import StorageError
 from elipc.server.waiters import Waiters
 
 Operation = Callable[[Any], Any]
@@ -81,16 +82,26 @@ class Database:
         self._watch = CommitWatch()
         self._drained: list[Deferred[None]] = []
         self._on_external_commit = on_external_commit
+        self._closed = False
 
     def write(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Run `function(db, *args)` in the writer's next turn; fire with its result."""
+        if self._closed:
+            return fail(StorageError("the server is stopping"))
         result: Deferred[Any] = Deferred(self._dequeue)
         self._queue.append((partial(_call, function, args), result))
         self._next_turn()
         return result
 
+    def start(self) -> None:
+        """Start both pools (starting one twice is harmless)."""
+        self._writer.start()
+        self._readers.start()
+
     def read(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Run `function(db, *args)` on a reader connection (it must not write)."""
+        if self._closed:
+            return fail(StorageError("the server is stopping"))
         result: Deferred[Any] = self._readers.runWithConnection(function, *args)
         return result
 
@@ -108,7 +119,10 @@ class Database:
         return waiting
 
     def close(self) -> None:
-        """Close both pools (after `drain`)."""
+        """Close both pools (after `drain`); later calls fail with StorageError at once."""
+        if self._closed:
+            return
+        self._closed = True
         self._writer.close()
         self._readers.close()
 

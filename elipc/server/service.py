@@ -66,6 +66,12 @@ class StorageService(Service):
     def __init__(self, database: Database) -> None:
         self.database = database
 
+    def startService(self) -> None:
+        """Start the pools' threads now, not only once the reactor runs (a service may be
+        started into a reactor that is already running)."""
+        super().startService()
+        self.database.start()
+
     async def _stop(self) -> None:
         await self.database.drain()
         self.database.close()
