@@ -12,7 +12,8 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from elipc import schema, store
+from elipc import store
+from elipc.store import schema
 from elipc.model import Message
 from tests.helpers import (
     SUBPROCESS_TIMEOUT_S,
