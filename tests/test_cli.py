@@ -1,7 +1,10 @@
-"""The real `elipc` command line as a subprocess on a real database file."""
+"""The `elipc` command line on a real database file, run in process through `elipc.cli.main`
+(tests/clirun.py); only what needs a real process (start-up, imports, a dead reader, a wake
+from another process) starts one."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -9,17 +12,29 @@ import stat
 import subprocess
 import sys
 import time
+import types
+from collections.abc import Callable
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from elipc import identity, schema
+from elipc import __version__, identity
+from elipc.cli import main
+from elipc.config import BY_NAME, option_help
+from elipc.store import schema
+from tests.clirun import (
+    CliResult,
+    FakeClock,
+    elipc_process,
+    process_env,
+    process_streams_untouched,
+    run_cli,
+)
 from tests.helpers import (
     SUBPROCESS_TIMEOUT_S,
-    cli_env,
     make_el_ipc_database,
     raw_execute,
     raw_rows,
-    run_cli,
     run_with_closed_stdout,
     temp_dir,
 )
@@ -32,15 +47,15 @@ class CliCase(SynchronousTestCase):
         self.dir = temp_dir(self)
         self.db = os.path.join(self.dir, "ipc.db")
 
-    def cli(self, *args: str, **kw: str):  # type: ignore[no-untyped-def]
+    def cli(self, *args: str, **kw: Any) -> CliResult:
         return run_cli(self.db, *args, cwd=self.dir, **kw)
 
-    def ok(self, *args: str, **kw: str):  # type: ignore[no-untyped-def]
+    def ok(self, *args: str, **kw: Any) -> CliResult:
         result = self.cli(*args, **kw)
         self.assertEqual(result.code, 0, result.err)
         return result
 
-    def fails(self, expected: str, *args: str, code: int = 1, **kw: str) -> str:
+    def fails(self, expected: str, *args: str, code: int = 1, **kw: Any) -> str:
         """Run a command that must fail with one line on stderr containing `expected`."""
         result = self.cli(*args, **kw)
         self.assertEqual(result.code, code, result.out + result.err)
@@ -57,7 +72,7 @@ class CliCase(SynchronousTestCase):
             self.ok("register", name, "--pubkey", f"{name}.pub", "--as", "op", "--key", "op.key")
 
     def message_count(self) -> int:
-        return raw_rows(self.db, "SELECT COUNT(*) FROM messages")[0][0]
+        return int(raw_rows(self.db, "SELECT COUNT(*) FROM messages")[0][0])
 
 
 class MessageCommandTests(CliCase):
@@ -98,20 +113,6 @@ class MessageCommandTests(CliCase):
         self.assertEqual([(c["channel"], c["count"]) for c in channels], [("new", 2), ("old", 1)])
         self.assertIsInstance(channels[0]["last_message"], float)
 
-    def test_wait_wakes_on_another_process(self) -> None:
-        """read --wait returns a message another process sends while it waits."""
-        reader = subprocess.Popen(
-            [sys.executable, "-m", "elipc", "read", "ch", "r", "--wait", "--timeout", "30"],
-            env=cli_env(self.db), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        self.addCleanup(reader.kill)
-        self.ok("read", "ch", "r")  # creates the file; the reader is waiting by now or soon
-        time.sleep(0.3)
-        self.ok("send", "ch", "w", "wake up")
-        out, err = reader.communicate(timeout=SUBPROCESS_TIMEOUT_S)
-        self.assertEqual(reader.returncode, 0, err)
-        self.assertEqual([m["content"] for m in json.loads(out)], ["wake up"])
-
     def test_wait_times_out_empty(self) -> None:
         """read --wait --timeout gives [] when nothing arrives."""
         self.assertEqual(self.ok("read", "ch", "r", "--wait", "--timeout", "0.2").json(), [])
@@ -122,15 +123,6 @@ class MessageCommandTests(CliCase):
         started = time.monotonic()
         self.assertEqual(len(self.ok("read", "ch", "r", "--wait", "--timeout", "60").json()), 1)
         self.assertLess(time.monotonic() - started, 30)
-
-    def test_output_failure_keeps_messages_unread(self) -> None:
-        """A reader whose stdout is gone moves no watermark: the messages are read again."""
-        self.ok("send", "ch", "a", "precious")
-        code = run_with_closed_stdout([sys.executable, "-m", "elipc", "read", "ch", "r"],
-                                      cli_env(self.db))
-        self.assertNotEqual(code, 0)
-        self.assertEqual([m["content"] for m in self.ok("read", "ch", "r").json()], ["precious"])
-
 
 class DeliveryCommandTests(CliCase):
     """read --limit, history and prune."""
@@ -361,11 +353,10 @@ class BadInputTests(CliCase):
         self.fails("limit is 10", "send", "c", "a", "x" * 11, IPC_MAX_CONTENT_BYTES="10")
         self.fails("over the limit", "send", "c", "a", "-", stdin="y" * 11,
                    IPC_MAX_CONTENT_BYTES="10")
-        result = subprocess.run(
-            [sys.executable, "-m", "elipc", "send", "c", "a", b"\xff\xfe"],
-            env=cli_env(self.db), capture_output=True, timeout=SUBPROCESS_TIMEOUT_S)
-        self.assertEqual(result.returncode, 1)
-        self.assertIn(b"not valid UTF-8", result.stderr)
+        # Python hands undecodable argv bytes to main as surrogate escapes: os.fsdecode's form.
+        result = self.cli("send", "c", "a", os.fsdecode(b"\xff\xfe"))
+        self.assertEqual(result.code, 1)
+        self.assertIn("not valid UTF-8", result.err)
         self.assertFalse(os.path.exists(self.db), "bad input must be refused before opening")
 
     def test_default_limit_is_one_mebibyte(self) -> None:
@@ -436,28 +427,251 @@ class CompatibilityTests(CliCase):
         self.assertEqual(stat.S_IMODE(os.stat(folder).st_mode), 0o700)
         self.assertEqual(stat.S_IMODE(os.stat(os.path.join(folder, "ipc.db")).st_mode), 0o600)
 
+
+
+class _CommittingClock(FakeClock):
+    """A fake clock on which another writer commits once `at` seconds have been slept."""
+
+    def __init__(self, at: float, commit: Callable[[], None]) -> None:
+        super().__init__()
+        self.at, self.commit = at, commit
+
+    def sleep(self, seconds: float) -> None:
+        super().sleep(seconds)
+        if self.at <= self.slept < self.at + seconds:
+            self.commit()
+
+
+class ClockTests(CliCase):
+    """The CLI takes every time from the clock it is handed, and sleeps only through it."""
+
+    def test_wait_times_out_on_the_clock(self) -> None:
+        """read --wait --timeout 5 on a fake clock gives [] after 5 fake seconds, at once."""
+        clock = FakeClock()
+        started = time.monotonic()
+        result = self.ok("read", "ch", "r", "--wait", "--timeout", "5", clock=clock)
+        self.assertEqual(result.json(), [])
+        self.assertAlmostEqual(clock.slept, 5.0, delta=0.02)
+        self.assertLess(time.monotonic() - started, 2.5)
+
+    def test_wait_wakes_on_another_connection(self) -> None:
+        """read --wait returns a message another connection commits while it sleeps."""
+        self.ok("channels")  # the file exists, so the sleeping reader's "writer" can use it
+        clock = _CommittingClock(1.0, lambda: raw_execute(self.db, (
+            "INSERT INTO messages (channel, sender, content, created_at) "
+            "VALUES ('ch', 'w', 'wake up', 1.0)", ())))
+        result = self.ok("read", "ch", "r", "--wait", "--timeout", "30", clock=clock)
+        self.assertEqual([m["content"] for m in result.json()], ["wake up"])
+        self.assertLess(clock.slept, 1.1)
+
+    def test_send_stores_the_clock_time(self) -> None:
+        """send stores the clock's time, and a signed send signs that time."""
+        self.secure_setup()
+        clock = FakeClock(now=1_600_000_000.5)
+        self.ok("send", "c", "herald", "hi", "--key", "herald.key", clock=clock)
+        self.assertEqual(raw_rows(self.db, "SELECT created_at, signed_timestamp FROM messages"),
+                         [(1_600_000_000.5, 1_600_000_000)])
+
+    def test_prune_cuts_off_by_the_clock(self) -> None:
+        """prune counts ages from the clock's time: eight days on, a 7d prune takes all."""
+        self.ok("send", "c", "a", "x")
+        now = time.time()
+        self.assertEqual(self.ok("prune", "--older-than", "7d",
+                                 clock=FakeClock(now)).json()["deleted"], 0)
+        self.assertEqual(self.ok("prune", "--older-than", "7d",
+                                 clock=FakeClock(now + 8 * 86400)).json()["deleted"], 1)
+
+
+class _Refusing(io.RawIOBase):
+    """A stream that fails every use with a given exception."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        raise self.error
+
+    def write(self, data: Any) -> int:
+        raise self.error
+
+
+class _DeadReader(io.StringIO):
+    """A stdout whose reader has gone away."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+class StreamTests(CliCase):
+    """main writes only to the streams it is given and ends the way the process should."""
+
+    def run_main(self, *argv: str, stdin: bytes = b"", **streams: Any) -> tuple[int, str, str]:
+        out, err = streams.get("stdout", io.StringIO()), io.StringIO()
+        self.patch(sys, "stdin", io.TextIOWrapper(_Refusing(AssertionError("read sys.stdin"))))
+        with process_streams_untouched():
+            code = main(list(argv), environ={"IPC_DB_PATH": self.db}, stdin=io.BytesIO(stdin),
+                        stdout=out, stderr=err, clock=FakeClock())
+        return code, "" if "stdout" in streams else out.getvalue(), err.getvalue()
+
+    def test_every_kind_of_output_goes_to_the_given_streams(self) -> None:
+        """Answers, notes, errors, help, version and usage errors all use the given streams."""
+        self.assertEqual(self.run_main("send", "c", "a", "-", stdin=b"hi")[:2],
+                         (0, '{"ok": true, "id": 1, "channel": "c", "signed": false}\n'))
+        code, out, err = self.run_main("keygen")
+        self.assertEqual((code, out.count("BEGIN"), err.count("KEY ---")), (0, 2, 2))
+        self.assertEqual(self.run_main("--version"), (0, f"elipc {__version__}\n", ""))
+        code, out, err = self.run_main("read", "--help")
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("--wait", out)
+        code, out, err = self.run_main("read", "c")
+        self.assertEqual((code, out), (2, ""))
+        self.assertIn("required: agent", err)
+        self.assertEqual(self.run_main("prune", "--older-than", "0"),
+                         (1, "", "elipc: --older-than must be more than 0\n"))
+
+    def test_dead_reader_in_process(self) -> None:
+        """A stdout that breaks exits 1 quietly, moves no watermark and leaves fd 1 alone."""
+        self.ok("send", "ch", "a", "precious")
+        fd1 = os.fstat(1)
+        self.assertEqual(self.run_main("read", "ch", "r", stdout=_DeadReader()), (1, "", ""))
+        self.assertEqual((os.fstat(1).st_dev, os.fstat(1).st_ino), (fd1.st_dev, fd1.st_ino))
+        self.assertEqual([m["content"] for m in self.ok("read", "ch", "r").json()], ["precious"])
+
+    def test_interrupt_exits_130(self) -> None:
+        """Ctrl-C (KeyboardInterrupt) while a command runs exits 130 and stores nothing."""
+        stdin = io.BufferedReader(_Refusing(KeyboardInterrupt()))
+        code = main(["send", "c", "a", "-"], environ={"IPC_DB_PATH": self.db}, stdin=stdin,
+                    stdout=io.StringIO(), stderr=io.StringIO())
+        self.assertEqual(code, 130)
+        self.assertFalse(os.path.exists(self.db))
+
+
+class GlobalOptionTests(CliCase):
+    """--db and --server come from the settings table and feed the settings."""
+
+    def test_help_lists_the_table_options(self) -> None:
+        """elipc --help describes --db and --server with the table's help text."""
+        out = " ".join(self.ok("--help").out.split())
+        for name in ("db_path", "server_url"):
+            setting = BY_NAME[name]
+            self.assertIn(f"--{setting.option}", out)
+            self.assertIn(" ".join(option_help(setting).split()), out)
+
+    def test_db_option_beats_the_environment(self) -> None:
+        """--db names the database even when IPC_DB_PATH names another."""
+        other = os.path.join(self.dir, "other.db")
+        self.ok("--db", other, "send", "c", "a", "x")
+        self.assertEqual(raw_rows(other, "SELECT content FROM messages"), [("x",)])
+        self.assertFalse(os.path.exists(self.db))
+
+
+class RemoteDispatchTests(CliCase):
+    """With a server configured, commands go to `elipc.cli.remote.run_remote` (a stand-in here)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.calls: list[tuple[Any, ...]] = []
+        fake = types.ModuleType("elipc.cli.remote")
+        fake.REMOTE_COMMANDS = ("send", "read", "channels")  # type: ignore[attr-defined]
+        fake.run_remote = lambda *call: self.calls.append(call)  # type: ignore[attr-defined]
+        before = sys.modules.get("elipc.cli.remote")
+        sys.modules["elipc.cli.remote"] = fake
+        self.addCleanup(self.restore, before)
+
+    def restore(self, before: types.ModuleType | None) -> None:
+        if before is None:
+            sys.modules.pop("elipc.cli.remote", None)
+        else:
+            sys.modules["elipc.cli.remote"] = before
+
+    def test_send_goes_to_the_server(self) -> None:
+        """--server hands run_remote the arguments, settings, checked content, clock and
+        transport, and the local database is never opened."""
+        clock, transport = FakeClock(), object()
+        self.ok("--server", "http://h:1", "send", "c", "a", "-", stdin="two\nlines",
+                clock=clock, transport=transport)
+        [(args, settings, content, console, given_clock, given_transport)] = self.calls
+        self.assertEqual((args.command, args.channel, settings.server_url, content),
+                         ("send", "c", "http://h:1", "two\nlines"))
+        self.assertIs(given_clock, clock)
+        self.assertIs(given_transport, transport)
+        self.assertFalse(os.path.exists(self.db))
+
+    def test_environment_selects_the_server(self) -> None:
+        """IPC_SERVER_URL alone makes read remote, with no content."""
+        self.ok("read", "c", "r", IPC_SERVER_URL="http://h:2")
+        [(args, settings, content, *_)] = self.calls
+        self.assertEqual((args.command, settings.server_url, content), ("read", "http://h:2", None))
+
+    def test_content_checked_before_the_server(self) -> None:
+        """Content over the limit is refused before run_remote is called."""
+        self.fails("limit is 10", "--server", "http://h", "send", "c", "a", "x" * 11,
+                   IPC_MAX_CONTENT_BYTES="10")
+        self.assertEqual(self.calls, [])
+
+    def test_local_only_commands(self) -> None:
+        """A command the server cannot do is refused; keygen stays local."""
+        self.fails("prune works on the local database only; unset --server / IPC_SERVER_URL",
+                   "--server", "http://h", "prune", "--older-than", "1d")
+        self.assertIn("BEGIN PUBLIC KEY", self.ok("--server", "http://h", "keygen").out)
+        self.assertEqual(self.calls, [])
+
+
+class ProcessTests(CliCase):
+    """What only a real process proves: start-up, imports, a dead reader, a cross-process wake."""
+
+    def test_wait_wakes_on_another_process(self) -> None:
+        """read --wait returns a message another process sends while it waits."""
+        reader = subprocess.Popen(
+            elipc_process("read", "ch", "r", "--wait", "--timeout", "30"),
+            env=process_env(self.db), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.addCleanup(reader.kill)
+        self.ok("read", "ch", "r")  # creates the file; the reader is waiting by now or soon
+        time.sleep(0.3)
+        self.ok("send", "ch", "w", "wake up")
+        out, err = reader.communicate(timeout=SUBPROCESS_TIMEOUT_S)
+        self.assertEqual(reader.returncode, 0, err)
+        self.assertEqual([m["content"] for m in json.loads(out)], ["wake up"])
+
+    def test_output_failure_keeps_messages_unread(self) -> None:
+        """A reader whose stdout is gone moves no watermark: the messages are read again."""
+        self.ok("send", "ch", "a", "precious")
+        code = run_with_closed_stdout(elipc_process("read", "ch", "r"), process_env(self.db))
+        self.assertNotEqual(code, 0)
+        self.assertEqual([m["content"] for m in self.ok("read", "ch", "r").json()], ["precious"])
+
     def test_console_script_and_module(self) -> None:
         """The installed `elipc` script and `python -m elipc` are the same program."""
         script = shutil.which("elipc", path=os.path.dirname(sys.executable))
         self.assertIsNotNone(script)
-        completed = subprocess.run([script, "--version"], capture_output=True, text=True,
-                                   timeout=SUBPROCESS_TIMEOUT_S)
-        self.assertEqual(completed.stdout, self.ok("--version").out)
-
-
-class StartupTests(CliCase):
-    """send and read stay light: no Twisted, Klein or treq, no cryptography without a key."""
+        assert script is not None
+        versions = [subprocess.run(argv, env=process_env(self.db), capture_output=True,
+                                   text=True, timeout=SUBPROCESS_TIMEOUT_S).stdout
+                    for argv in ([script, "--version"], elipc_process("--version"))]
+        self.assertEqual(versions, [f"elipc {__version__}\n"] * 2)
 
     def imported(self, *args: str) -> set[str]:
-        result = subprocess.run(
-            [sys.executable, "-X", "importtime", "-m", "elipc", *args],
-            env=cli_env(self.db), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
-        self.assertEqual(result.returncode, 0, result.stderr[-2000:])
-        return {line.split("|")[-1].strip().split(".")[0]
-                for line in result.stderr.splitlines() if line.startswith("import time:")}
+        """The top-level packages loaded by a fresh process that ran `elipc ARGS`."""
+        script = ("import io, json, sys\n"
+                  "from elipc.cli import main\n"
+                  "status = main(sys.argv[1:], stdout=io.StringIO())\n"
+                  "print(json.dumps([status, sorted({m.split('.')[0] for m in sys.modules})]))\n")
+        result = subprocess.run([sys.executable, "-c", script, *args], env=process_env(self.db),
+                                cwd=self.dir, capture_output=True, text=True,
+                                timeout=SUBPROCESS_TIMEOUT_S)
+        status, modules = json.loads(result.stdout)
+        self.assertEqual(status, 0, result.stderr[-2000:])
+        return set(modules)
 
     def test_local_path_imports(self) -> None:
-        """send and read import none of the heavy packages."""
+        """send and read import none of the heavy packages; keygen does load cryptography."""
         heavy = {"twisted", "klein", "treq", "cryptography", "base58"}
         self.assertEqual(self.imported("send", "c", "a", "x") & heavy, set())
         self.assertEqual(self.imported("read", "c", "a") & heavy, set())

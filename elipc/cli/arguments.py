@@ -1,27 +1,76 @@
-"""The CLI's arguments: one parser per command, usage errors as one line (exit 2)."""
+"""The CLI's arguments: one parser per command, usage errors as one line (exit 2).
+
+The parsers write help, version and usage errors to the streams they are given, never to the
+process's own, so `main` can run in a test's process.
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from elipc import __version__
-from elipc.config import DEFAULT_PAGE, MAX_PAGE, ConfigError, seconds_setting
+from elipc.config import (
+    DEFAULT_PAGE,
+    DEFAULT_WAIT_TIMEOUT,
+    MAX_CLI_WAIT,
+    MAX_PAGE,
+    Setting,
+    option_help,
+    options_for,
+    seconds_setting,
+)
+from elipc.model import ConfigError
 
-MAX_CLI_WAIT_S = 24 * 3600.0
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (exit 2), not a usage dump."""
+    """argparse writing to given streams; a usage error is one line (exit 2), not a dump."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def __init__(self, stdout: IO[str], stderr: IO[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stdout, self.stderr = stdout, stderr
+
+    def print_usage(self, file: SupportsWrite[str] | None = None) -> None:
+        """The usage line, on our stdout unless told otherwise."""
+        super().print_usage(self.stdout if file is None else file)
+
+    def print_help(self, file: SupportsWrite[str] | None = None) -> None:
+        """The full help, on our stdout unless told otherwise."""
+        super().print_help(self.stdout if file is None else file)
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        """Say `message` on our stderr and stop parsing (SystemExit, caught by `main`)."""
+        if message:
+            self.stderr.write(message)
+            self.stderr.flush()
+        raise SystemExit(status)
+
+    def error(self, message: str) -> NoReturn:
+        """One line naming the problem and where help is (exit 2)."""
         self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
 
 
+class _Version(argparse.Action):
+    """--version on the parser's own stdout (argparse's writes to sys.stdout)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        """Print `elipc <version>` and stop."""
+        assert isinstance(parser, _Parser)
+        parser.stdout.write(f"elipc {__version__}\n")
+        parser.exit()
 
 
 def _timeout(text: str) -> float:
     try:
-        return seconds_setting(text, "the value", MAX_CLI_WAIT_S)
+        return seconds_setting(text, "the value", MAX_CLI_WAIT)
     except ConfigError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -41,7 +90,8 @@ def _define(sub: argparse.ArgumentParser, command: str) -> None:
     elif command == "read":
         add("channel"), add("agent")
         add("--wait", action="store_true", help="block until a first message arrives")
-        add("--timeout", type=_timeout, default=30.0, help="seconds --wait waits (default 30)")
+        add("--timeout", type=_timeout, default=DEFAULT_WAIT_TIMEOUT,
+            help=f"seconds --wait waits (default {DEFAULT_WAIT_TIMEOUT:g})")
         add("--verify", action="store_true",
             help="check each signature against the directory; adds \"verified\"")
         add("--limit", type=_page_size, default=DEFAULT_PAGE,
@@ -83,25 +133,52 @@ HELP: dict[str, str] = {
     "serve": "serve [port]: run the HTTP server",
 }
 
+GLOBAL_OPTIONS: list[Setting] = options_for("cli")
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    """The command line as a Namespace: `command`, `db`, `server` and the command's own."""
+
+def _dest(setting: Setting) -> str:
+    assert setting.option is not None  # options_for lists only settings with an option
+    return setting.option.replace("-", "_")
+
+
+def _add_global_options(top: argparse.ArgumentParser) -> None:
+    for setting in GLOBAL_OPTIONS:
+        described = option_help(setting).replace("%", "%%")  # argparse formats help with %
+        if setting.flag:
+            top.add_argument(f"--{setting.option}", dest=_dest(setting), action="store_true",
+                             help=described)
+        else:
+            top.add_argument(f"--{setting.option}", dest=_dest(setting),
+                             metavar=_dest(setting).upper(), help=described)
+
+
+def global_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The global options as given, keyed by option name, for `Settings.load`."""
+    return {str(setting.option): getattr(args, _dest(setting)) for setting in GLOBAL_OPTIONS}
+
+
+def parse(argv: list[str], stdout: IO[str], stderr: IO[str]) -> argparse.Namespace:
+    """The command line as a Namespace: `command`, the global options and the command's own.
+
+    Help and --version go to `stdout`, usage errors to `stderr`; both then raise SystemExit.
+    """
     top = _Parser(
-        prog="elipc", description="Inter-agent message queue.",
+        stdout, stderr, prog="elipc", description="Inter-agent message queue.",
         epilog="commands:\n  " + "\n  ".join(HELP.values()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    top.add_argument("--version", action="version", version=f"elipc {__version__}")
-    top.add_argument("--db", help="database file (default IPC_DB_PATH, else per-user state)")
-    top.add_argument("--server", metavar="URL",
-                     help="use this elipc server instead of the database (IPC_SERVER_URL)")
+    top.add_argument("--version", action=_Version)
+    _add_global_options(top)
     top.add_argument("command")
     top.add_argument("args", nargs=argparse.REMAINDER)
     first = top.parse_args(argv)
     if first.command not in HELP:
         top.error(f"unknown command {first.command!r}; commands: {', '.join(HELP)}")
-    sub = _Parser(prog=f"elipc {first.command}", description=HELP[first.command])
+    sub = _Parser(stdout, stderr, prog=f"elipc {first.command}",
+                  description=HELP[first.command])
     _define(sub, first.command)
     args = sub.parse_intermixed_args(first.args)
-    args.command, args.db, args.server = first.command, first.db, first.server
+    args.command = first.command
+    for setting in GLOBAL_OPTIONS:
+        setattr(args, _dest(setting), getattr(first, _dest(setting)))
     return args
