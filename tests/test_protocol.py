@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -25,7 +25,6 @@ from elipc.protocol import (
     exchange,
 )
 
-T = TypeVar("T")
 NOW = 1_700_000_000.0
 
 
@@ -47,9 +46,9 @@ def ok(answer: object, **headers: str) -> HttpResponse:
     return HttpResponse(200, headers, json.dumps(answer).encode())
 
 
-def run(call: Call[T], outcomes: list[Outcome], policy: RetryPolicy = RetryPolicy(),
+def run(call: Call[Any], outcomes: list[Outcome], policy: RetryPolicy = RetryPolicy(),
         jitter: Callable[[], float] = lambda: 0.0
-        ) -> tuple[T | Exception, list[HttpRequest], list[float]]:
+        ) -> tuple[Any, list[HttpRequest], list[float]]:
     """Drive `exchange` through `outcomes` (one per request it asks for); return its result
     (or what it raised), the requests it made and the delays it asked for."""
     steps = exchange(call, policy, jitter)
