@@ -102,9 +102,10 @@ def error_text(answer: Any) -> str:
 
 
 def answer_of(response: HttpResponse) -> Any:
-    """The JSON of a successful answer, or ClientError for a refusal (4xx)."""
+    """The JSON of a successful answer (2xx), or ClientError for a refusal (4xx) or a
+    redirect (3xx: elipc never redirects, so it is some proxy's, not an answer)."""
     answer = decode(response)
-    if 400 <= response.status < 500:
+    if not 200 <= response.status < 300:
         raise ClientError(response.status, error_text(answer))
     return answer
 

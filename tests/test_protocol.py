@@ -255,6 +255,12 @@ class AnswerTests(SynchronousTestCase):
         self.assertEqual((error.status, error.message), (403, "invalid signature"))
         self.assertEqual(str(error), "403: invalid signature")
 
+    def test_redirect_is_no_answer(self) -> None:
+        """A proxy's redirect is a ClientError, not a page of whatever it carried."""
+        moved = HttpResponse(302, {"location": "/login"}, b"[]")
+        self.assertEqual(self.assertRaises(ClientError, self.api.read("c").parse,
+                                           moved).status, 302)
+
     def test_html_refusal(self) -> None:
         """A proxy's HTML refusal becomes the start of its text, not a JSON error."""
         html = b"<html><body>" + b"x" * 500 + b"</body></html>"
