@@ -4,26 +4,35 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseNeverReceived
 
 from elipc import store
-from elipc.client import Client, ClientError, Page
+from elipc.client import Client, ClientError, Unreachable
+from elipc.config import REQUEST_TIMEOUT
+from elipc.model import Accepted, Message, Page
 from tests.helpers import Keyholder, Server, raw_rows
 
 
 class LossyNetwork:
-    """The network between client and server: it can refuse connections, or deliver a
-    request and then lose the response (the server did the work; the client never hears)."""
+    """The network between client and server: it can refuse connections, hang without an
+    answer, or deliver a request and then lose the response (the server did the work; the
+    client never hears)."""
 
     def __init__(self, http: Any) -> None:
         self.http = http
         self.refuse = 0
+        self.hang = 0
         self.lose_responses = 0
+        self.requests = 0
 
     def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+        self.requests += 1
+        if self.hang:
+            self.hang -= 1
+            return Deferred()
         if self.refuse:
             self.refuse -= 1
             return Deferred.fromCoroutine(_raise(ConnectionRefusedError()))
@@ -61,7 +70,10 @@ class ClientCase(SynchronousTestCase):
 
     def drive(self, coroutine: Any) -> Any:
         """Drive a client call to its end: pump the wire and let backoff timers pass."""
-        result = Deferred.fromCoroutine(coroutine)
+        return self.settle(Deferred.fromCoroutine(coroutine))
+
+    def settle(self, result: Deferred[Any]) -> Any:
+        """Pump the wire and let timers pass until `result` has fired; return its value."""
         for _ in range(50):
             self.server.http.flush()
             if result.called:
@@ -79,21 +91,21 @@ class SendTests(ClientCase):
     """Sends are retried through failures and stored exactly once."""
 
     def test_send(self) -> None:
-        """A send returns {ok, id} and stores the message."""
-        self.assertEqual(self.drive(self.client.send("c", "hello")), {"ok": True, "id": 1})
+        """A send returns Accepted with its id (no duplicate) and stores the message."""
+        self.assertEqual(self.drive(self.client.send("c", "hello")), Accepted(1))
         self.assertEqual(self.stored(), ["hello"])
 
     def test_lost_response_is_stored_once(self) -> None:
         """A send whose response was lost is retried and stored once, reported duplicate."""
         self.network.lose_responses = 1
         answer = self.drive(self.client.send("c", "only once"))
-        self.assertEqual(answer, {"ok": True, "id": 1, "duplicate": True})
+        self.assertEqual(answer, Accepted(1, duplicate=True))
         self.assertEqual(self.stored(), ["only once"])
 
     def test_refused_connections_are_retried(self) -> None:
         """Refused connections are retried with backoff until the server answers."""
         self.network.refuse = 3
-        self.assertEqual(self.drive(self.client.send("c", "eventually"))["id"], 1)
+        self.assertEqual(self.drive(self.client.send("c", "eventually")).id, 1)
 
     def test_gives_up(self) -> None:
         """After its retries the client raises ConnectionError, not a hang."""
@@ -101,7 +113,27 @@ class SendTests(ClientCase):
         result = Deferred.fromCoroutine(self.client.send("c", "never"))
         for _ in range(20):
             self.server.clock.advance(10)
-        self.assertIsInstance(self.failureResultOf(result).value, ConnectionError)
+        self.assertIsInstance(self.failureResultOf(result, Unreachable).value, ConnectionError)
+
+    def test_hung_request_times_out_and_is_retried(self) -> None:
+        """A request with no answer times out after REQUEST_TIMEOUT and is tried again."""
+        self.network.hang = 1
+        result = Deferred.fromCoroutine(self.client.send("c", "late"))
+        self.server.clock.advance(REQUEST_TIMEOUT - 1)
+        self.assertNoResult(result)
+        self.assertEqual(self.network.requests, 1)
+        self.assertEqual(self.settle(result), Accepted(1))
+        self.assertEqual(self.network.requests, 2)
+
+    def test_cancel_stays_a_cancel(self) -> None:
+        """A caller's cancel ends the call at once: no retry, no timeout, nothing sent."""
+        self.network.hang = 1
+        result = Deferred.fromCoroutine(self.client.send("c", "never mind"))
+        result.cancel()
+        self.failureResultOf(result, CancelledError)
+        self.server.clock.advance(10 * REQUEST_TIMEOUT)
+        self.server.http.flush()
+        self.assertEqual((self.network.requests, self.stored()), (1, []))
 
     def test_refusal_is_typed(self) -> None:
         """A 4xx is a ClientError with the status and the server's message."""
@@ -120,7 +152,7 @@ class SendTests(ClientCase):
         store.register_agent(conn, "herald", "", herald.public, "op", 2.0)
         client = self.make_client("herald", herald.key)
         self.network.lose_responses = 1
-        self.assertTrue(self.drive(client.send("c", "signed once"))["duplicate"])
+        self.assertTrue(self.drive(client.send("c", "signed once")).duplicate)
         self.assertEqual(self.stored(), ["signed once"])
 
 
@@ -133,14 +165,14 @@ class DeliveryTests(ClientCase):
             self.drive(self.client.send("c", content))
 
     def contents(self, page: Page) -> list[str]:
-        return [m["content"] for m in page.messages]
+        return [m.content for m in page.messages]
 
     def test_lost_read_response_is_redelivered(self) -> None:
         """A read whose response is lost is answered again, then acknowledged once."""
         self.network.lose_responses = 1
         page = self.drive(self.client.read("c"))
         self.assertEqual(self.contents(page), ["one", "two"])
-        self.assertEqual(self.drive(self.client.ack("c", page.messages[-1]["id"])), 2)
+        self.assertEqual(self.drive(self.client.ack("c", page.messages[-1].id)), 2)
         self.assertEqual(self.drive(self.client.read("c")).messages, [])
 
     def test_killed_between_read_and_ack(self) -> None:
@@ -160,8 +192,8 @@ class DeliveryTests(ClientCase):
         batches: list[list[str]] = []
         done: Deferred[None] = Deferred()
 
-        def handler(messages: list[dict[str, Any]]) -> Deferred[None]:
-            batches.append([m["content"] for m in messages])
+        def handler(messages: list[Message]) -> Deferred[None]:
+            batches.append([m.content for m in messages])
             return done
 
         listening = Deferred.fromCoroutine(self.client.listen("c", handler))
@@ -181,7 +213,7 @@ class DeliveryTests(ClientCase):
 
     def test_failing_handler_leaves_batch_unacknowledged(self) -> None:
         """A handler that raises stops listen; the batch is delivered again next time."""
-        def broken(messages: list[dict[str, Any]]) -> None:
+        def broken(messages: list[Message]) -> None:
             raise RuntimeError("agent crashed")
 
         result = Deferred.fromCoroutine(self.client.listen("c", broken))
@@ -207,7 +239,7 @@ class PaginationTests(ClientCase):
             page = self.drive(self.client.read("big", limit=1000))
             if not page.messages:
                 break
-            seen += [m["id"] for m in page.messages]
+            seen += [m.id for m in page.messages]
             self.drive(self.client.ack("big", seen[-1]))
             self.assertEqual(page.more, len(seen) < 25_000)
         self.assertEqual(seen, list(range(1, 25_001)))
@@ -216,7 +248,7 @@ class PaginationTests(ClientCase):
         """With the default ack=auto, each page moves the watermark just past itself."""
         first = self.drive(self.client.read("big", limit=10, ack="auto"))
         second = self.drive(self.client.read("big", limit=10, ack="auto"))
-        self.assertEqual([m["id"] for m in first.messages + second.messages],
+        self.assertEqual([m.id for m in first.messages + second.messages],
                          list(range(1, 21)))
 
     def test_history_moves_nothing(self) -> None:
@@ -226,7 +258,7 @@ class PaginationTests(ClientCase):
         while page.more:
             page = self.drive(self.client.history("big", after_id=seen[-1] if seen else 0,
                                                 limit=5000))
-            seen += [m["id"] for m in page.messages]
+            seen += [m.id for m in page.messages]
         self.assertEqual(seen, list(range(1, 25_001)))
         self.assertEqual(raw_rows(self.server.path, "SELECT COUNT(*) FROM watermarks")[0][0], 0)
 

@@ -1,117 +1,165 @@
-"""The CLI's remote mode (`--server URL` or IPC_SERVER_URL): the same commands through the
-treq client, printing exactly what the local mode prints. Imported only in remote mode, so
-the local path never loads Twisted.
+"""The CLI's remote mode (`--server URL` or IPC_SERVER_URL): the same commands through
+protocol.py over http.client, printing exactly what the local mode prints. No Twisted: a
+remote command starts as fast as a local one.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from twisted.internet.defer import Deferred
-from twisted.internet.task import react
+from elipc.cli.output import Console
+from elipc.cli.system import Clock
+from elipc.cli.transport import HttpTransport, Transport, perform
+from elipc.config import MAX_WAIT_TIMEOUT, Settings
+from elipc.model import (
+    ElipcError,
+    Message,
+    Page,
+    check_channel_for_sending,
+    check_identity,
+    check_name,
+)
+from elipc.protocol import Api, Call, ClientError, RetryPolicy, Unreachable
 
-from elipc import identity
-from elipc.client import Client, ClientError
-from elipc.config import MAX_WAIT_TIMEOUT
-from elipc.model import ElipcError, Message, check_channel_for_sending, check_name
-from elipc.output import note_more_waiting, print_agents, print_json, print_messages, print_sent
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 REMOTE_COMMANDS = ("send", "read", "channels", "agents", "agent-card", "history", "register")
+T = TypeVar("T")
 
 
-def run(args: argparse.Namespace, server_url: str, content: str | None = None) -> None:
-    """Run one command against `server_url`; exits the process with its status."""
-    react(lambda reactor: Deferred.fromCoroutine(_main(reactor, args, server_url, content)))
+class RemoteError(ElipcError):
+    """A remote command failed; the message is the one line to print (the server's refusal,
+    or why the server could not be reached)."""
 
 
-async def _main(reactor: Any, args: argparse.Namespace, server_url: str,
-                content: str | None) -> None:
-    key = identity.load_private_key(args.key) if getattr(args, "key", None) else None
-    client = Client(server_url, key=key, clock=reactor,
-                    api_key=os.environ.get("IPC_API_KEY") or None)
+class Remote:
+    """One remote run: the Api for this command's key, a transport, a clock, a console."""
+
+    def __init__(self, api: Api, transport: Transport, clock: Clock, console: Console,
+                 server_url: str) -> None:
+        self.api, self.transport, self.clock = api, transport, clock
+        self.console, self.server_url = console, server_url
+        self.policy = RetryPolicy()
+
+    def __call__(self, call: Call[T]) -> T:
+        """Run `call`; a refusal or an unreachable server is a RemoteError saying so."""
+        try:
+            return perform(call, self.transport, self.policy, self.clock)
+        except ClientError as e:
+            raise RemoteError(e.message) from None
+        except Unreachable as e:
+            raise RemoteError(f"cannot reach {self.server_url}: {e}") from None
+
+
+def run_remote(args: argparse.Namespace, settings: Settings, content: str | None,
+               console: Console, clock: Clock, transport: Transport | None = None) -> None:
+    """Run one command against settings.server_url (send takes its checked `content`);
+    a failure raises an ElipcError whose message is the line to print."""
+    if args.command not in REMOTE_COMMANDS:
+        raise RemoteError(f"{args.command} works on the local database only; "
+                          "unset --server / IPC_SERVER_URL")
+    own = transport is None
+    carrier = HttpTransport(settings.server_url) if transport is None else transport
+    api = Api(key=_key(args), api_key=settings.api_key or None, time=clock.time)
     try:
-        await COMMANDS[args.command](client, args, content)
-    except ClientError as e:
-        _fail(e.message)
-    except ConnectionError as e:
-        _fail(f"cannot reach {server_url}: {e}")
-    except ElipcError as e:
-        _fail(str(e))
+        COMMANDS[args.command](Remote(api, carrier, clock, console, settings.server_url),
+                               args, content)
+    finally:
+        if own and isinstance(carrier, HttpTransport):
+            carrier.close()
 
 
-def _fail(message: str) -> None:
-    print(f"elipc: {message}", file=sys.stderr)
-    raise SystemExit(1)
+def _key(args: argparse.Namespace) -> Ed25519PrivateKey | None:
+    """The agent's key that signs sends and reads (register's --key is an operator's)."""
+    if not getattr(args, "key", None) or args.command == "register":
+        return None
+    from elipc import identity
+
+    return identity.load_private_key(args.key)
 
 
-async def _send(client: Client, args: argparse.Namespace, content: str | None) -> None:
+def _send(remote: Remote, args: argparse.Namespace, content: str | None) -> None:
     channel = check_channel_for_sending(args.channel)
     sender = check_name(args.sender, "sender")
-    assert content is not None  # read and checked by cli.py, as in local mode
-    answer = await client.send(channel, content, sender)
-    print_sent(answer["id"], channel, client.key is not None)
+    if content is None:
+        raise RemoteError("send needs the message content")
+    accepted = remote(remote.api.send(channel, content, sender))
+    remote.console.sent(accepted.id, channel, remote.api.key is not None)
 
 
-async def _read(client: Client, args: argparse.Namespace, content: str | None) -> None:
+def _read(remote: Remote, args: argparse.Namespace, content: str | None) -> None:
+    """Print unread messages, and only then acknowledge them: a reader whose output fails
+    (or that is killed before) gets them again."""
     channel, agent = check_name(args.channel, "channel"), check_name(args.agent, "agent")
-    remaining = args.timeout if args.wait else 0.0
-    while True:  # the server holds a long-poll for at most 300 s: ask again until done
-        wait = min(remaining, MAX_WAIT_TIMEOUT)
-        page = await client.read(channel, agent, wait=args.wait, timeout=wait,
-                                 limit=args.limit, ack="manual")
-        remaining -= wait
-        if page.messages or remaining <= 0:
-            break
-    shapes = page.messages
-    if args.verify and shapes:
-        shapes = await _verified(client, channel, shapes)
-    print_messages(shapes)
-    if page.messages:
-        # Only after printing: a reader killed before this point gets them again.
-        await client.ack(channel, page.messages[-1]["id"], agent)
+    page = _long_poll(remote, args, channel, agent)
+    if args.verify and page.messages:
+        remote.console.messages(_verified(remote, channel, page.messages))
+    else:
+        remote.console.messages([m.as_json() for m in page.messages])
+    if page.last_id is not None:
+        remote(remote.api.ack(channel, page.last_id, agent))
     if page.more:
-        note_more_waiting(channel)
+        remote.console.more_waiting(channel)
 
 
-async def _verified(client: Client, channel: str,
-                    shapes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    keys = {a["name"]: a["public_key"] for a in await client.agents()}
-    return [identity.marked_verified(channel, Message.from_json(channel, shape),
-                                     keys.get(shape["sender"])) for shape in shapes]
+def _long_poll(remote: Remote, args: argparse.Namespace, channel: str, agent: str) -> Page:
+    """One read; with --wait, long-polls (the server holds each at most MAX_WAIT_TIMEOUT)
+    until a message comes or --timeout passes."""
+    deadline = remote.clock.monotonic() + (args.timeout if args.wait else 0.0)
+    while True:
+        wait = min(max(0.0, deadline - remote.clock.monotonic()), MAX_WAIT_TIMEOUT)
+        page = remote(remote.api.read(channel, agent, wait=args.wait,
+                                      timeout=wait if args.wait else None,
+                                      limit=args.limit, ack="manual"))
+        if page.messages or remote.clock.monotonic() >= deadline:
+            return page
 
 
-async def _channels(client: Client, args: argparse.Namespace, content: str | None) -> None:
-    print_json(await client.channels(), indent=2)
+def _verified(remote: Remote, channel: str, messages: list[Message]) -> list[dict[str, Any]]:
+    from elipc import identity
+
+    keys = {a["name"]: a["public_key"] for a in remote(remote.api.agents())}
+    return [identity.marked_verified(channel, m, keys.get(m.sender)) for m in messages]
 
 
-async def _agents(client: Client, args: argparse.Namespace, content: str | None) -> None:
-    print_agents(await client.agents())
+def _channels(remote: Remote, args: argparse.Namespace, content: str | None) -> None:
+    remote.console.json(remote(remote.api.channels()), indent=2)
 
 
-async def _agent_card(client: Client, args: argparse.Namespace, content: str | None) -> None:
-    print_json(await client.agent_card(), indent=2)
+def _agents(remote: Remote, args: argparse.Namespace, content: str | None) -> None:
+    agents = remote(remote.api.agents())
+    remote.console.agents(agents)
 
 
-async def _history(client: Client, args: argparse.Namespace, content: str | None) -> None:
-    page = await client.history(check_name(args.channel, "channel"), args.after_id, args.limit)
-    print_messages(page.messages)
+def _agent_card(remote: Remote, args: argparse.Namespace, content: str | None) -> None:
+    remote.console.json(remote(remote.api.agent_card()), indent=2)
+
+
+def _history(remote: Remote, args: argparse.Namespace, content: str | None) -> None:
+    channel = check_name(args.channel, "channel")
+    page = remote(remote.api.history(channel, args.after_id, args.limit))
+    remote.console.messages([m.as_json() for m in page.messages])
     if page.more:
-        note_more_waiting(args.channel)
+        remote.console.more_waiting(channel)
 
 
-async def _register(client: Client, args: argparse.Namespace, content: str | None) -> None:
+def _register(remote: Remote, args: argparse.Namespace, content: str | None) -> None:
+    from elipc import identity
+
+    name = check_name(args.name, "agent name")
+    operator = check_name(args.operator, "operator")
+    agent_identity = check_identity(args.identity)
     public = identity.load_public_key_text(args.pubkey)
     operator_key = identity.load_private_key(args.key)
-    answer = await client.register(check_name(args.name, "agent name"), public,
-                                   check_name(args.operator, "operator"), operator_key,
-                                   args.identity or "")
-    print_json(answer)
+    remote.console.json(remote(remote.api.register(name, public, operator, operator_key,
+                                                   agent_identity)))
 
 
-COMMANDS = {
+Command = Callable[[Remote, argparse.Namespace, "str | None"], None]
+COMMANDS: dict[str, Command] = {
     "send": _send, "read": _read, "channels": _channels, "agents": _agents,
     "agent-card": _agent_card, "history": _history, "register": _register,
 }
