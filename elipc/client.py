@@ -141,7 +141,7 @@ class Client:
 
     def seconds(self) -> float:
         """Now, on the clock this client was given (what signatures carry)."""
-        return self.clock.seconds()  # type: ignore[misc]  # zope: no self (no mypy-zope)
+        return self.clock.seconds()
 
     async def perform(self, call: Call[T]) -> T:
         """Run `call` to its result: its requests over treq, its backoff on the clock."""

@@ -8,20 +8,16 @@ import json
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import IO, Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock as ReactorClock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from elipc.cli.arguments import parse
-from elipc.cli.output import Console
-from elipc.cli.remote import run_remote
-from elipc.cli.system import SystemClock
 from elipc.cli.transport import HttpTransport
 from elipc.config import MAX_WAIT_TIMEOUT, Settings
-from elipc.model import ConfigError, ElipcError
+from elipc.model import ConfigError
 from elipc.protocol import HttpRequest, HttpResponse, TransportFailure
 from tests.helpers import Server, raw_rows, temp_dir
 
@@ -110,21 +106,29 @@ class RemoteCase(SynchronousTestCase):
         """A path in this test's folder."""
         return os.path.join(self.dir, name)
 
-    def remote(self, *argv: str, stdout: io.StringIO | None = None) -> Run:
+    def run_remote(self, *argv: str, stdout: IO[str] | None = None) -> tuple[int, Run]:
+        """Run `elipc --server URL ARGV` in process over the in-memory transport."""
+        from elipc.cli import main
+
+        out, err = stdout or io.StringIO(), io.StringIO()
+        code = main(["--server", self.settings.server_url, *argv], environ=self.environ,
+                    stdin=io.BytesIO(), stdout=out, stderr=err, clock=self.clock,
+                    transport=self.transport)
+        return code, Run(out.getvalue() if isinstance(out, io.StringIO) else "", err.getvalue())
+
+    def remote(self, *argv: str, stdout: IO[str] | None = None) -> Run:
         """Run `elipc --server URL ARGV` in process; fail the test if it fails."""
-        console = Console(io.BytesIO(), stdout or io.StringIO(), io.StringIO())
-        args = parse(["--server", self.settings.server_url, *argv])
-        content = " ".join(args.words) if args.command == "send" else None
-        run_remote(args, self.settings, content, console, self.clock, self.transport)
-        return Run(console.stdout.getvalue(), console.stderr.getvalue())  # type: ignore[attr-defined]  # StringIO
+        code, run = self.run_remote(*argv, stdout=stdout)
+        self.assertEqual(code, 0, run.err)
+        return run
 
     def refused(self, *argv: str) -> str:
-        """The one line a failing remote run tells its user."""
-        with self.assertRaises(ElipcError) as caught:
-            self.remote(*argv)
-        message = str(caught.exception)
-        self.assertNotIn("\n", message)
-        return message
+        """The one line a failing remote run tells its user (exit status 1)."""
+        code, run = self.run_remote(*argv)
+        self.assertEqual(code, 1, run.out)
+        self.assertEqual(len(run.err.splitlines()), 1, run.err)
+        self.assertTrue(run.err.startswith("elipc: "), run.err)
+        return run.err[len("elipc: "):].rstrip("\n")
 
     def local(self, *argv: str) -> Run:
         """Run `elipc ARGV` on the server's database file, in process."""
@@ -241,8 +245,8 @@ class RemoteBehaviourTests(RemoteCase):
                 """Fail as a pipe whose reader died."""
                 raise BrokenPipeError("the reader went away")
 
-        with self.assertRaises(BrokenPipeError):
-            self.remote("read", "c", "r", stdout=Broken())
+        code, _ = self.run_remote("read", "c", "r", stdout=Broken())
+        self.assertEqual(code, 1)
         self.assertNotIn("/ack", [r.path for r in self.transport.requests])
         self.assertIn("precious", self.remote("read", "c", "r").out)
         self.assertEqual([r.path for r in self.transport.requests][-1], "/ack")
@@ -297,9 +301,9 @@ class RemoteBehaviourTests(RemoteCase):
         server = Server(self, IPC_API_KEY="s3cret")
         self.transport = InMemoryTransport(server)
         self.clock = ServerClock(server.clock)
-        self.settings = Settings.load({"IPC_SERVER_URL": server.url(""), "IPC_API_KEY": "s3cret"})
+        self.environ = {"IPC_API_KEY": "s3cret"}
         self.assertEqual(self.remote("channels").out, "[]\n")
-        self.settings = Settings.load({"IPC_SERVER_URL": server.url("")})
+        self.environ = {}
         self.assertEqual(self.refused("channels"), "unauthorized")
 
 
@@ -340,12 +344,12 @@ class SocketTests(TestCase):
 
     def cli(self, *argv: str) -> str:
         """Run the remote CLI on its default transport (blocking: call it in a thread)."""
-        settings = Settings.load({"IPC_SERVER_URL": self.url})
-        stdout = io.StringIO()
-        args = parse(["--server", self.url, *argv])
-        content = " ".join(args.words) if args.command == "send" else None
-        run_remote(args, settings, content, Console(io.BytesIO(), stdout, io.StringIO()),
-                   SystemClock())
+        from elipc.cli import main
+
+        stdout, stderr = io.StringIO(), io.StringIO()
+        code = main(["--server", self.url, *argv], environ={}, stdin=io.BytesIO(),
+                    stdout=stdout, stderr=stderr)
+        assert code == 0, stderr.getvalue()
         return stdout.getvalue()
 
     def session(self) -> tuple[list[str], int]:

@@ -12,8 +12,10 @@ from twisted.internet.task import deferLater
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from elipc import store
+from elipc.model import StorageError
 from elipc.server.broker import Broker
-from elipc.server.service import Listener, Options, StorageService, makeService
+from elipc.server.service import Connections, Listener, Options, StorageService, makeService
 from tests.helpers import raw_rows, temp_dir
 
 
@@ -66,13 +68,13 @@ class ServiceTreeTests(TestCase):
         """Stop what a test started; close the pools of a server that never started."""
         if self.service.running:
             return self.service.stopService()
-        self.children[0].database.close()
+        self.children[1].database.close()
         return None
 
     def test_children_in_order(self) -> None:
-        """Storage first, then the broker, then the listener (so it is stopped first)."""
+        """Connections, storage, the broker, then the listener (so it is stopped first)."""
         self.assertEqual([type(child) for child in self.children],
-                         [StorageService, Broker, Listener])
+                         [Connections, StorageService, Broker, Listener])
 
     async def test_stop_answers_long_polls_then_closes(self) -> None:
         """Stopping a live server answers a pending long-poll with [] after the port closes,
@@ -80,7 +82,7 @@ class ServiceTreeTests(TestCase):
         pool = HTTPConnectionPool(reactor)
         self.addCleanup(pool.closeCachedConnections)
         self.service.startService()
-        port = await self.children[2]._waitingForPort
+        port = await self.children[3]._waitingForPort
         base = f"http://127.0.0.1:{port.getHost().port}"
         sent = await treq.post(f"{base}/send", json={"channel": "c", "sender": "a",
                                                      "content": "kept"}, pool=pool)
@@ -88,7 +90,7 @@ class ServiceTreeTests(TestCase):
         read = await treq.get(f"{base}/messages?channel=c&agent=r", pool=pool)
         self.assertEqual(len(await read.json()), 1)  # read it: the next one waits
         polling = treq.get(f"{base}/messages?channel=c&agent=r&wait=true&timeout=30", pool=pool)
-        while not len(self.children[1].waiters):
+        while not len(self.children[2].waiters):
             await deferLater(reactor, 0.01)
         await self.service.stopService()
         response = await polling
@@ -96,7 +98,7 @@ class ServiceTreeTests(TestCase):
         with self.assertRaises(ConnectError):
             await treq.get(f"{base}/health", persistent=False)
         self.assertEqual(raw_rows(self.path, "SELECT content FROM messages"), [("kept",)])
-        self.assertFalse(self.children[0].database._writer.running)
-        late = await treq.get(f"{base}/health", pool=pool)  # a connection from before the stop
-        self.assertEqual((late.code, await late.json()),
-                         (503, {"error": "storage unavailable: the server is stopping"}))
+        self.assertFalse(self.children[1].database._writer.running)
+        self.assertEqual(self.children[0].site.open_channels, set())
+        with self.assertRaises(StorageError):  # a request still on its way gets a 503
+            await self.children[1].database.read(store.is_secure)

@@ -12,13 +12,16 @@ import io
 import os
 import sys
 from collections.abc import Mapping
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from elipc.cli.arguments import global_options, parse
 from elipc.cli.commands import COMMANDS, CommandError, Context, message_content
 from elipc.cli.output import Console
 from elipc.cli.system import Clock, SystemClock
 from elipc.config import Settings
+
+if TYPE_CHECKING:  # the transport module (http.client) loads only in remote mode
+    from elipc.cli.transport import Transport
 from elipc.model import ElipcError
 
 __all__ = ["CommandError", "main"]
@@ -30,7 +33,7 @@ LOCAL_ONLY = ("keygen", "serve")
 def main(argv: list[str] | None = None, *, environ: Mapping[str, str] | None = None,
          stdin: IO[bytes] | None = None, stdout: IO[str] | None = None,
          stderr: IO[str] | None = None, clock: Clock | None = None,
-         transport: object | None = None) -> int:
+         transport: Transport | None = None) -> int:
     """Run one command; return its exit status. Unset arguments default to the process's
     own (sys.argv, os.environ, standard streams, the system clock)."""
     console = Console(_process_stdin() if stdin is None else stdin,
@@ -60,19 +63,16 @@ def _process_stdin() -> IO[bytes]:
     return sys.stdin.buffer if sys.stdin is not None else io.BytesIO()
 
 
-def _run(ctx: Context, transport: object | None) -> int:
+def _run(ctx: Context, transport: Transport | None) -> int:
     if ctx.settings.server_url and ctx.args.command not in LOCAL_ONLY:
         return _remote(ctx, transport)
     COMMANDS[ctx.args.command](ctx)
     return 0
 
 
-def _remote(ctx: Context, transport: object | None) -> int:
+def _remote(ctx: Context, transport: Transport | None) -> int:
     # Only here is the remote module (and with it an HTTP client) imported.
-    from elipc.cli.remote import (  # type: ignore[attr-defined]  # run_remote: wt-a's rewrite
-        REMOTE_COMMANDS,
-        run_remote,
-    )
+    from elipc.cli.remote import REMOTE_COMMANDS, run_remote
 
     command = ctx.args.command
     if command not in REMOTE_COMMANDS:

@@ -294,7 +294,7 @@ def cmd_agent_card(ctx: Context) -> None:
 
 def cmd_serve(ctx: Context) -> None:
     """Run the HTTP server in the foreground (the same service as `twist elipc`)."""
-    from elipc.service import run
+    from elipc.server.service import run
 
     run(port=ctx.args.port, db_path=ctx.args.db)
 

@@ -5,6 +5,7 @@ Only this module knows twistd.
 The service tree, started first to last and stopped last to first, one child at a time:
 
     ElipcService
+      Connections      closes every open connection once its answer is written
       StorageService   drains the queued writes, then closes the pools
       Broker           timers (housekeeping, retention); stopping answers every long-poll
       Listener         the HTTP endpoint; stopping stops accepting connections
@@ -36,6 +37,7 @@ from elipc.server.web import make_site
 
 log = Logger(namespace="elipc.service")
 WRITER_CONNECTIONS, READER_CONNECTIONS = 1, 2
+CLOSE_TIMEOUT_S = 5.0
 
 
 class Options(usage.Options):
@@ -82,6 +84,19 @@ class StorageService(Service):
         return Deferred.fromCoroutine(self._stop())
 
 
+class Connections(Service):
+    """The site's open connections: on stop (after everything else), each is closed once it
+    has written what it has, so the answers given at shutdown reach their clients."""
+
+    def __init__(self, site: ElipcSite) -> None:
+        self.site = site
+
+    def stopService(self) -> Deferred[None]:
+        """Close every connection gracefully, waiting at most CLOSE_TIMEOUT_S."""
+        super().stopService()
+        return self.site.close_connections(CLOSE_TIMEOUT_S)
+
+
 class Listener(StreamServerEndpointService):
     """The HTTP endpoint. A listen that fails (a port in use) ends start-up with one line."""
 
@@ -97,10 +112,11 @@ class Listener(StreamServerEndpointService):
         try:
             super().privilegedStartService()
         except Exception as e:
+            # Before the runner starts logging (twist), Twisted writes critical events to
+            # stderr itself; after (twistd, elipc serve), they go where the log goes.
             log.critical("cannot listen on {listen}: {reason}", listen=self.settings.listen,
                          reason=str(e))
-            # SystemExit's text reaches stderr even before the runner has started logging.
-            raise SystemExit(f"elipc: cannot listen on {self.settings.listen}: {e}") from None
+            raise SystemExit(1) from None
         assert self._waitingForPort is not None  # set by the listen above
         self._waitingForPort.addCallback(self._listening)
 
@@ -123,8 +139,18 @@ class ElipcService(MultiService):
     """The running server: starts its children in order and stops them in reverse, each
     once the one before has finished (stop listening, answer the waiters, drain, close)."""
 
+    privileged = False
+
+    def privilegedStartService(self) -> None:
+        """Listen (twistd calls this first, with privileges, for every child)."""
+        self.privileged = True
+        super().privilegedStartService()
+
     def startService(self) -> None:
-        """Start the children, then tune the collector for a long-running server."""
+        """Listen first, as twistd does (so a port in use ends start-up before any thread
+        starts), then start the children and tune the collector for a long-running server."""
+        if not self.privileged:
+            self.privilegedStartService()
         super().startService()
         tune_gc_for_serving()
 
@@ -183,6 +209,7 @@ def build(settings: Settings, reactor: Any, writer: Pool | None = None,
     broker = Broker(database, waiters, ChangeFeed(database, waiters, clock), clock, settings)
     site = make_site(broker, settings, clock)
     service = ElipcService()
+    Connections(site).setServiceParent(service)
     StorageService(database).setServiceParent(service)
     broker.setServiceParent(service)
     if listen:

@@ -11,7 +11,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -68,10 +70,15 @@ class ElipcChannel(HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self.site.open_channels.add(self)
         # Answers are small and a client waits for each: never let Nagle hold one back.
         transport = self.transport
         if transport is not None and hasattr(transport, "setTcpNoDelay"):
             transport.setTcpNoDelay(True)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        self.site.channel_closed(self)
 
     def allHeadersReceived(self) -> None:
         if self.length is not None and self.length > self.site.max_body_bytes:
@@ -169,6 +176,27 @@ class ElipcSite(Site):
         super().__init__(resource, parsePOSTFormSubmission=False, reactor=clock)
         self.clock = clock
         self.max_body_bytes = max_body_bytes
+        self.open_channels: set[ElipcChannel] = set()
+        self._all_closed: list[Deferred[None]] = []
+
+    def channel_closed(self, channel: ElipcChannel) -> None:
+        """Forget a channel whose connection is gone."""
+        self.open_channels.discard(channel)
+        if not self.open_channels:
+            closed, self._all_closed = self._all_closed, []
+            for waiting in closed:
+                waiting.callback(None)
+
+    def close_connections(self, timeout: float) -> Deferred[None]:
+        """Close every open connection once it has written what it has (answers to
+        long-polls included); fires when all are gone, or after `timeout` seconds."""
+        if not self.open_channels:
+            return succeed(None)
+        waiting: Deferred[None] = Deferred()
+        self._all_closed.append(waiting)
+        for channel in list(self.open_channels):
+            channel.loseConnection()
+        return waiting.addTimeout(timeout, self.clock, onTimeoutCancel=lambda _, __: None)
 
     def log(self, request: http.Request) -> None:
         # Method, path (never the query or headers: no secrets), status, duration.
