@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.logger import formatEvent, globalLogPublisher
+
 from elipc import identity, store
 from tests.helpers import Keyholder, raw_rows
 from tests.test_web import WebCase
@@ -228,11 +230,22 @@ class RegisterTests(SecureCase):
         return raw_rows(self.server.path, "SELECT name, public_key FROM agents ORDER BY name")
 
     def test_private_key_refused_unlogged(self) -> None:
-        """el-ipc's body with operator_key is 400 and the key appears nowhere."""
+        """el-ipc's body with operator_key is 400 and the key appears nowhere, logs included;
+        a good registration's signature is not logged either."""
+        logged: list[str] = []
+        observer = lambda event: logged.append(formatEvent(event) + repr(event))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         before = self.directory()
         private = identity.generate_keypair()[0]
         answer = self.post("/register", {"name": "x", "public_key": self.bob.public,
                                          "operator": "op", "operator_key": private})
+        good = self.op.registration("carol", Keyholder("carol").public, self.now)
+        self.assertEqual(self.post("/register", good)[0], 200)
+        self.assertTrue(logged)
+        self.assertNotIn(private.splitlines()[1], "".join(logged))
+        self.assertNotIn(good["operator_signature"], "".join(logged))
+        before = sorted([*before, ("carol", good["public_key"])])
         self.assertEqual(answer[0], 400)
         self.assertIn("sign the registration locally", answer[1]["error"])
         self.assertNotIn("PRIVATE", json.dumps(answer[1]))
