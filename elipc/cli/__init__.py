@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING
 
 from elipc.cli.arguments import global_options, parse
-from elipc.cli.commands import COMMANDS, CommandError, Context, message_content
+from elipc.cli.context import CommandError, Context, message_content
 from elipc.cli.output import Console
 from elipc.cli.system import Clock, SystemClock
 from elipc.config import Settings
@@ -66,6 +66,8 @@ def _process_stdin() -> IO[bytes]:
 def _run(ctx: Context, transport: Transport | None) -> int:
     if ctx.settings.server_url and ctx.args.command not in LOCAL_ONLY:
         return _remote(ctx, transport)
+    from elipc.cli.commands import COMMANDS  # the store and sqlite3: local mode only
+
     COMMANDS[ctx.args.command](ctx)
     return 0
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from elipc import store
-from elipc.cli.output import Console
+from elipc.cli.context import CommandError, Context, message_content
 from elipc.cli.system import Clock
-from elipc.config import Settings, parse_duration, prepare_db_location
+from elipc.config import parse_duration, prepare_db_location
 from elipc.model import (
     UNSIGNED,
     ElipcError,
@@ -36,20 +36,6 @@ if TYPE_CHECKING:  # only for hints: cryptography loads only when a key is invol
 # How often `read --wait` looks for another process's commit (a cheap PRAGMA data_version).
 COMMIT_POLL_S = 0.01
 PRUNE_BATCH = 10_000
-
-
-class CommandError(ElipcError):
-    """A command cannot do what was asked; the message says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class Context:
-    """One run of one command: its arguments, its settings, its streams and its clock."""
-
-    args: argparse.Namespace
-    settings: Settings
-    console: Console
-    clock: Clock
 
 
 def _open(ctx: Context) -> sqlite3.Connection:
@@ -97,25 +83,6 @@ def _explain_rejection(reason: str, key_file: str | None, sender: str) -> str:
     if reason == "invalid signature":
         return f"{reason}: {key_file} is not the registered key of '{sender}'"
     return reason
-
-
-def message_content(ctx: Context) -> str:
-    """The message to send (the words, or stdin for `-`), checked against the limit."""
-    limit = ctx.settings.max_content_bytes
-    return check_content(_content(ctx.args.words, limit, ctx.console), limit)
-
-
-def _content(words: list[str], limit: int, console: Console) -> str:
-    if words != ["-"]:
-        return " ".join(words)
-    # `-` reads the message from stdin: multi-line text, or more than argv can carry.
-    data = console.stdin.read(limit + 1)
-    if len(data) > limit:
-        raise CommandError(f"content is over the limit of {limit} bytes")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CommandError("content is not valid UTF-8") from None
 
 
 def cmd_read(ctx: Context) -> None:

@@ -1,0 +1,47 @@
+"""What one CLI run is (arguments, settings, streams, clock), and what local and remote
+commands share before either starts: the message content a send carries. Cheap to import:
+the remote path loads this, not the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from elipc.cli.output import Console
+from elipc.cli.system import Clock
+from elipc.config import Settings
+from elipc.model import ElipcError, check_content
+
+
+class CommandError(ElipcError):
+    """A command cannot do what was asked; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """One run of one command: its arguments, its settings, its streams and its clock."""
+
+    args: argparse.Namespace
+    settings: Settings
+    console: Console
+    clock: Clock
+
+
+def message_content(ctx: Context) -> str:
+    """The message to send (the words, or stdin for `-`), checked against the limit."""
+    limit = ctx.settings.max_content_bytes
+    return check_content(_content(ctx.args.words, limit, ctx.console), limit)
+
+
+def _content(words: list[str], limit: int, console: Console) -> str:
+    if words != ["-"]:
+        return " ".join(words)
+    # `-` reads the message from stdin: multi-line text, or more than argv can carry.
+    data = console.stdin.read(limit + 1)
+    if len(data) > limit:
+        raise CommandError(f"content is over the limit of {limit} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CommandError("content is not valid UTF-8") from None
