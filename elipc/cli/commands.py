@@ -6,10 +6,8 @@ here imports Twisted; the cryptography library is loaded only when a key is invo
 
 from __future__ import annotations
 
-import argparse
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from elipc import store
@@ -18,13 +16,11 @@ from elipc.cli.system import Clock
 from elipc.config import parse_duration, prepare_db_location
 from elipc.model import (
     UNSIGNED,
-    ElipcError,
     Message,
     Rejected,
     Signed,
     StorageError,
     check_channel_for_sending,
-    check_content,
     check_identity,
     check_name,
 )
