@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -21,6 +21,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+from werkzeug.exceptions import BadHost, HTTPException
 
 log = Logger(namespace="elipc.web")
 
@@ -40,10 +41,21 @@ def remote_address(request: IRequest) -> str:
     return str(getattr(address, "host", None) or getattr(address, "name", None) or "-")
 
 
-class ElipcRequest(Request):
-    """A request that stops buffering its body past the site's limit (answered 413)."""
+# Every way a request can be slow has a bound in time: its head (request line and headers)
+# must arrive within HEAD_TIMEOUT_S of its first byte, its body within BODY_TIMEOUT_S of its
+# head; past either the client gets a JSON 408 and the connection closes. (An idle
+# keep-alive connection is closed by Twisted's idle timeout, 60 s.) In bytes: the head is at
+# most Twisted's 16 KiB, the body the site's max_body_bytes.
+HEAD_TIMEOUT_S = 30.0
+BODY_TIMEOUT_S = 60.0
+REASONS = {400: b"Bad Request", 405: b"Method Not Allowed", 408: b"Request Timeout",
+           413: b"Content Too Large"}
 
-    too_large = False
+
+class ElipcRequest(Request):
+    """A request refused with JSON (never Twisted's HTML) whatever goes wrong, and cut off at
+    once when its body passes the site's limit."""
+
     started = 0.0
 
     def gotLength(self, length: int | None) -> None:
@@ -57,16 +69,44 @@ class ElipcRequest(Request):
 
     def handleContentChunk(self, data: bytes) -> None:
         self._body_budget -= len(data)
-        if self._body_budget < 0:
-            self.too_large = True  # drop the rest; process() answers 413
-        else:
+        if self._body_budget >= 0:
             super().handleContentChunk(data)
+            return
+        # A chunked body passed the limit: answer now and stop reading, rather than decode
+        # whatever the client goes on sending.
+        channel = self.channel
+        if isinstance(channel, ElipcChannel):
+            channel.refuse(413, _over_limit(self.elipc_site.max_body_bytes))
+
+    def _handleStar(self) -> None:
+        # `OPTIONS *` asks what the server supports; any other method on `*` is refused.
+        if self.method == b"OPTIONS":
+            self.setHeader(b"Allow", b"GET, POST, OPTIONS")
+            self.write(json_bytes(self, 200, {"allow": ["GET", "POST", "OPTIONS"]}))
+        else:
+            self.setHeader(b"Allow", b"OPTIONS")
+            self.write(json_bytes(self, 405, {"error": "the request target * is for OPTIONS "
+                                                       "only"}))
+        self.finish()
+
+    def processingFailed(self, reason: Failure) -> Failure:
+        # The last resort for an error no handler answered: a bug. JSON, never HTML.
+        log.failure("unhandled error on {path}", reason,
+                    path=self.path.decode("utf-8", "replace"))
+        if not self.startedWriting:
+            self.write(json_bytes(self, 500, {"error": "internal error"}))
+        if not self.finished:
+            self.finish()
+        return reason
 
 
 class ElipcChannel(HTTPChannel):
     """HTTP/1.1 whose own refusals (bad framing, declared oversize body) are JSON too."""
 
     site: ElipcSite  # set by Site.buildProtocol
+    _awaiting_head = True
+    _refused = False
+    _deadline: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -77,23 +117,57 @@ class ElipcChannel(HTTPChannel):
             transport.setTcpNoDelay(True)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._clear_deadline()
         super().connectionLost(reason)
         self.site.channel_closed(self)
 
+    def dataReceived(self, data: bytes) -> None:
+        if self._awaiting_head and self._deadline is None:
+            self._set_deadline(HEAD_TIMEOUT_S, "request head (line and headers)")
+        super().dataReceived(data)
+
     def allHeadersReceived(self) -> None:
+        self._awaiting_head = False
+        self._clear_deadline()
         if self.length is not None and self.length > self.site.max_body_bytes:
-            self._refuse(413, f"request body is over the limit of {self.site.max_body_bytes} bytes")
+            self.refuse(413, _over_limit(self.site.max_body_bytes))
             return
+        if self.length or self._transferDecoder is not None:
+            self._set_deadline(BODY_TIMEOUT_S, "request body")
         super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        self._clear_deadline()
+        if not self._refused:  # a body cut off past the limit is never processed
+            super().allContentReceived()
+
+    def requestDone(self, request: http.Request) -> None:
+        super().requestDone(request)
+        self._awaiting_head = True
+
+    def _set_deadline(self, seconds: float, what: str) -> None:
+        self._clear_deadline()
+        self._deadline = self.site.clock.callLater(
+            seconds, self.refuse, 408, f"{what} not complete within {seconds:g} s")
+
+    def _clear_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         # Twisted's own answer to malformed framing is a bare 400; keep the API's JSON shape.
-        self._refuse(400, "malformed HTTP request (request line, headers or Content-Length)")
+        self.refuse(400, "malformed HTTP request (request line, headers or Content-Length)")
 
-    def _refuse(self, status: int, message: str) -> None:
+    def refuse(self, status: int, message: str) -> None:
+        """Answer `status` with a JSON error, outside any request, and close the connection
+        once it is written, reading nothing more."""
+        self._clear_deadline()
+        if self._refused or self.transport is None or self.transport.disconnecting:
+            return  # already closing (Twisted's idle timeout, say): nothing more to say
+        self._refused = True
         body = json.dumps({"error": message}).encode("utf-8")
-        reason = {400: b"Bad Request", 413: b"Content Too Large"}[status]
-        assert self.transport is not None  # only called while the connection is up
+        reason = REASONS[status]
         self.transport.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
             b"Connection: close\r\n\r\n%s" % (status, reason, len(body), body)
@@ -102,13 +176,17 @@ class ElipcChannel(HTTPChannel):
                  remote=str(getattr(self.transport.getPeer(), "host", "-")))
         # Drop whatever else this client sends, as Twisted does after a non-persistent request.
         # Methods replaced on the instance: this channel reads nothing more.
-        self.dataReceived = _ignore  # type: ignore[method-assign]
+        self.dataReceived = _ignore  # type: ignore[method-assign, assignment]
         self.lineReceived = self.rawDataReceived = _ignore  # type: ignore[method-assign, assignment]
         self.loseConnection()
 
 
 def _ignore(*args: object) -> None:
     return None
+
+
+def _over_limit(limit: int) -> str:
+    return f"request body is over the limit of {limit} bytes"
 
 
 class Front(Resource):
@@ -124,16 +202,21 @@ class Front(Resource):
 
     def render(self, request: ElipcRequest) -> Any:
         request.notifyFinish().addErrback(_log_gone, request)
-        if request.too_large:
-            limit = request.elipc_site.max_body_bytes
-            return json_bytes(request, 413, {"error": f"request body is over the limit of {limit} bytes"})
         if self._expected and not self._authorized(request):
             self._security("api_key", "missing or wrong API key", remote_address(request))
             return json_bytes(request, 401, {"error": "unauthorized"})
         if not _url_is_utf8(request):
             # Klein would answer this in plain text; keep the API's JSON errors.
             return json_bytes(request, 400, {"error": "the URL's path or host is not valid UTF-8"})
-        return self._app.render(request)
+        try:
+            return self._app.render(request)
+        except HTTPException as e:
+            # Raised while binding the URL map, before Klein's error handlers: a Host header
+            # that is no host name (a label over 63 characters, an empty label, ...).
+            status = e.code or 400
+            message = "the Host header is not a valid host name" if isinstance(e, BadHost) \
+                else (e.description or "bad request")
+            return json_bytes(request, status, {"error": message})
 
     def _authorized(self, request: IRequest) -> bool:
         given = request.getHeader(b"authorization") or b""
