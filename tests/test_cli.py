@@ -401,6 +401,30 @@ class BadInputTests(CliCase):
         self.fails("IPC_MAX_CONTENT_BYTES", "send", "c", "a", "x", IPC_MAX_CONTENT_BYTES="lots")
 
 
+class FullDiskTests(CliCase):
+    """A storage fault at commit time is one line and exit 1, never a traceback."""
+
+    def test_send_when_commit_fails(self) -> None:
+        """`elipc send` whose COMMIT SQLite refuses says so in one line and stores nothing."""
+        from unittest import mock
+
+        from elipc import store
+        from tests.test_store import refuse_commits
+
+        self.ok("send", "c", "a", "first")
+        real_open = store.open_database
+
+        def refusing_open(path: str, **kw: Any) -> Any:
+            conn = real_open(path, **kw)
+            refuse_commits(conn)
+            return conn
+        with mock.patch.object(store, "open_database", refusing_open):
+            self.fails("database error", "send", "c", "a", "second")
+            self.fails("database error", "read", "c", "r")
+        self.assertEqual(self.message_count(), 1)
+        self.assertIn("first", self.ok("read", "c", "r").out)
+
+
 class CompatibilityTests(CliCase):
     """The CLI opens el-ipc's database in place and respects its watermarks."""
 

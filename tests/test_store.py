@@ -370,3 +370,46 @@ class MigrationTests(SynchronousTestCase):
         for path in paths:
             self.assertEqual(raw_rows(path, "SELECT COUNT(*) FROM messages")[0][0], 8)
             self.assertEqual(raw_rows(path, "PRAGMA user_version")[0][0], schema.CURRENT_VERSION)
+
+
+def refuse_commits(conn: sqlite3.Connection) -> None:
+    """Make SQLite itself refuse COMMIT on `conn`, as a full disk does at commit time."""
+    def authorize(action: int, arg1: str | None, *rest: object) -> int:
+        if action == sqlite3.SQLITE_TRANSACTION and arg1 == "COMMIT":
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+    conn.set_authorizer(authorize)
+
+
+class BoundaryTests(StoreCase):
+    """Every SQLite error, at any statement including COMMIT, leaves the store as
+    StorageError, and leaves nothing half-written."""
+
+    def test_commit_refused(self) -> None:
+        """A COMMIT that fails is a StorageError, and the transaction's writes are gone."""
+        refuse_commits(self.db)
+        with self.assertRaises(store.StorageError):
+            with store.transaction(self.db):
+                store.insert_message(self.db, "c", "a", "lost", "", 1.0)
+        self.assertFalse(self.db.in_transaction)
+        self.assertEqual(raw_rows(self.path, "SELECT COUNT(*) FROM messages"), [(0,)])
+
+    def test_compositions_too(self) -> None:
+        """A composition outside the store (accepting a message) meets the same boundary."""
+        from elipc import operations
+        from elipc.model import UNSIGNED
+
+        refuse_commits(self.db)
+        with self.assertRaises(store.StorageError):
+            operations.accept_message(self.db, "c", "a", "x", UNSIGNED, 1.0,
+                                      operations.Policy())
+        with self.assertRaises(store.StorageError):
+            store.unread_page(self.db, "c", "r", 10)
+
+    def test_statement_error_inside(self) -> None:
+        """A failing statement inside a transaction is a StorageError after the rollback."""
+        with self.assertRaises(store.StorageError):
+            with store.transaction(self.db):
+                store.insert_message(self.db, "c", "a", "undone", "", 1.0)
+                self.db.execute("INSERT INTO no_such_table VALUES (1)")
+        self.assertEqual(raw_rows(self.path, "SELECT COUNT(*) FROM messages"), [(0,)])

@@ -163,7 +163,9 @@ class ElipcChannel(HTTPChannel):
         """Answer `status` with a JSON error, outside any request, and close the connection
         once it is written, reading nothing more."""
         self._clear_deadline()
-        if self._refused or self.transport is None or self.transport.disconnecting:
+        # TCP and Unix transports say whether they are closing already; ITransport does not.
+        closing = getattr(self.transport, "disconnecting", False)
+        if self._refused or self.transport is None or closing:
             return  # already closing (Twisted's idle timeout, say): nothing more to say
         self._refused = True
         body = json.dumps({"error": message}).encode("utf-8")

@@ -41,6 +41,9 @@ class WriteTransaction:
 
     Inside a transaction already (a batch, see run_batch) it is a savepoint instead, so one
     operation of a batch can fail without undoing the others.
+
+    The store's boundary: any sqlite3 error inside it, or at BEGIN, COMMIT or ROLLBACK (a
+    full disk shows first at COMMIT), leaves as StorageError, after the rollback.
     """
 
     def __init__(self, db: Any) -> None:
@@ -48,22 +51,37 @@ class WriteTransaction:
         self.nested = False
 
     def __enter__(self) -> Any:
-        self.nested = _connection(self.db).in_transaction
-        self.db.execute("SAVEPOINT elipc_op" if self.nested else "BEGIN IMMEDIATE")
+        try:
+            self.nested = _connection(self.db).in_transaction
+            self.db.execute("SAVEPOINT elipc_op" if self.nested else "BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise StorageError(_describe(e)) from None
         return self.db
 
-    def __exit__(self, kind: object, error: object, tb: object) -> None:
-        if self.nested:
-            if kind is not None:
-                self.db.execute("ROLLBACK TO elipc_op")
-            self.db.execute("RELEASE elipc_op")
-        elif kind is None:
-            self.db.execute("COMMIT")
-        else:
-            try:
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: object) -> None:
+        try:
+            self._end(failed=kind is not None)
+        except sqlite3.Error as e:
+            self._end(failed=True, quietly=True)
+            raise StorageError(_describe(e)) from None
+        if isinstance(error, sqlite3.Error):
+            raise StorageError(_describe(error)) from None
+
+    def _end(self, failed: bool, quietly: bool = False) -> None:
+        try:
+            if self.nested:
+                if failed:
+                    self.db.execute("ROLLBACK TO elipc_op")
+                self.db.execute("RELEASE elipc_op")
+            elif not failed:
+                self.db.execute("COMMIT")
+            elif _connection(self.db).in_transaction:
                 self.db.execute("ROLLBACK")
-            except sqlite3.OperationalError:
-                pass  # SQLite already rolled back (e.g. disk full); nothing to undo.
+        except sqlite3.Error:
+            if not quietly:
+                raise
+            # Undoing after a failed COMMIT: SQLite may have rolled back already.
 
 
 def transaction(db: Any) -> WriteTransaction:
