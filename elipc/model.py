@@ -61,6 +61,11 @@ class StorageError(ElipcError):
     """The database could not do what was asked; the message says why, without SQL."""
 
 
+class DatabaseGone(StorageError):
+    """The file a long-running process opened is no longer the one at its path (deleted or
+    replaced): writing on would acknowledge what no reader can find."""
+
+
 class SchemaTooNew(StorageError):
     """The file was written by a newer elipc whose schema this one does not know."""
 

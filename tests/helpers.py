@@ -135,6 +135,8 @@ class SynchronousPool:
         self.calls += 1
         return maybeDeferred(function, self.connection, *args)
 
+    max = 1  # one connection, as an adbapi pool's cp_max
+
     def start(self) -> None:
         """Nothing to start: calls run at once."""
 

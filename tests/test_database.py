@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from typing import Any
 
 from twisted.internet import reactor
@@ -10,7 +11,7 @@ from twisted.internet.defer import CancelledError, gatherResults
 from twisted.trial.unittest import TestCase
 
 from elipc import operations, store
-from elipc.model import Rejected, Signed
+from elipc.model import DatabaseGone, Rejected, Signed
 from elipc.server.database import Database, sqlite_pool
 from tests.helpers import raw_rows, temp_dir
 
@@ -38,7 +39,7 @@ class DatabaseTests(TestCase):
         store.open_database(self.path).close()
         self.writer = CountingPool(sqlite_pool(self.path, 1, reactor))
         self.seen: list[set[str]] = []
-        self.db = Database(self.writer, sqlite_pool(self.path, 2, reactor),
+        self.db = Database(self.path, self.writer, sqlite_pool(self.path, 2, reactor),
                            on_external_commit=self.seen.append)
         self.writer.pool.start()
         self.addCleanup(self.db.close)
@@ -105,3 +106,54 @@ class DatabaseTests(TestCase):
         await self.db.write(store.insert_message, "c", "a", "x", "", 1.0)
         channels = await self.db.read(store.list_channels)
         self.assertEqual([c["channel"] for c in channels], ["c"])
+
+
+class DeletedFileTests(TestCase):
+    """A database file deleted or replaced under a running server: nothing more is
+    acknowledged, nothing is read from the wrong file, and no new file appears."""
+
+    def setUp(self) -> None:
+        self.path = os.path.join(temp_dir(self), "ipc.db")
+        store.open_database(self.path).close()
+        self.db = Database(self.path, sqlite_pool(self.path, 1, reactor),
+                           sqlite_pool(self.path, 2, reactor), on_external_commit=list)
+        self.addCleanup(self.db.close)
+
+    async def test_connections_open_at_start(self) -> None:
+        """Starting opens every pooled connection, so none is opened after a deletion."""
+        await self.db.start()
+        self.assertEqual(len(self.db._writer.connections), 1)
+        self.assertEqual(len(self.db._readers.connections), 2)
+
+    async def test_deleted_file_refuses_writes_and_reads(self) -> None:
+        """After the file is unlinked, writes and reads fail with DatabaseGone (a 503) and the
+        path stays empty: no pool creates a file."""
+        await self.db.start()
+        self.assertEqual(await self.db.write(store.insert_message, "c", "a", "x", "", 1.0), 1)
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.path + suffix):
+                os.unlink(self.path + suffix)
+        with self.assertRaises(DatabaseGone):
+            await self.db.write(store.insert_message, "c", "a", "lost?", "", 1.0)
+        with self.assertRaises(DatabaseGone):
+            await self.db.read(store.list_channels)
+        self.assertFalse(os.path.exists(self.path))
+
+    async def test_replaced_file_refuses_writes(self) -> None:
+        """A different file put at the path is not written to either."""
+        await self.db.start()
+        os.rename(self.path, self.path + ".moved")
+        store.open_database(self.path).close()
+        with self.assertRaises(DatabaseGone):
+            await self.db.write(store.insert_message, "c", "a", "x", "", 1.0)
+        self.assertEqual(raw_rows(self.path, "SELECT COUNT(*) FROM messages"), [(0,)])
+
+    def test_pools_never_create_a_file(self) -> None:
+        """A pool's connection to a missing path fails instead of creating a 0644 file."""
+        missing = os.path.join(temp_dir(self), "none.db")
+        pool = sqlite_pool(missing, 1, reactor)
+        self.addCleanup(pool.close)
+        pool.start()
+        return self.assertFailure(pool.runWithConnection(store.list_channels),
+                                  store.StorageError, sqlite3.OperationalError).addCallback(
+            lambda _: self.assertFalse(os.path.exists(missing)))

@@ -11,20 +11,23 @@ ChangeFeed asks for those turns every 10 ms while anyone waits, and not at all o
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from twisted.enterprise.adbapi import ConnectionPool
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from elipc import store
 from elipc.model import StorageError
 from elipc.server.waiters import Waiters
 
+log = Logger(namespace="elipc.database")
 Operation = Callable[[Any], Any]
 Pool = Any  # adbapi.ConnectionPool, or the tests' synchronous stand-in with the same methods
 # While anyone waits, how often the writer checks for other processes' commits.
@@ -33,12 +36,39 @@ EXTERNAL_COMMIT_POLL_S = 0.01
 
 def sqlite_pool(path: str, connections: int, reactor: IReactorTime | None = None,
                 ) -> ConnectionPool:
-    """An adbapi pool of `connections` sqlite3 connections in autocommit mode, configured."""
+    """An adbapi pool of `connections` sqlite3 connections in autocommit mode, configured,
+    to the existing file at `path` (a pool never creates one)."""
     return ConnectionPool(
-        "sqlite3", path, check_same_thread=False, isolation_level=None,
+        "sqlite3", store.open_uri(path), uri=True, check_same_thread=False,
+        isolation_level=None,
         timeout=store.BUSY_TIMEOUT_S, cp_openfun=store.configure,
         cp_min=connections, cp_max=connections, cp_reactor=reactor,
     )
+
+
+class OpenedFile:
+    """The database file as the server opened it: its path and its (device, inode)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.identity = store.file_identity(path)
+
+    def check(self) -> None:
+        """Raise DatabaseGone if the path names another file now, or none."""
+        store.check_same_file(self.path, self.identity)
+
+
+def open_connections(pool: Pool, count: int) -> Deferred[Any]:
+    """Have each of the pool's `count` threads open its connection now, rather than on first
+    use (which could be after the file is gone)."""
+    everyone = threading.Barrier(count, timeout=store.BUSY_TIMEOUT_S)
+    return gatherResults([pool.runWithConnection(_wait_for_all, everyone)
+                          for _ in range(count)], consumeErrors=True)
+
+
+def _wait_for_all(db: Any, everyone: threading.Barrier) -> None:
+    # Each call holds its thread (and so its connection) until all have one.
+    everyone.wait()
 
 
 class CommitWatch:
@@ -61,9 +91,11 @@ class CommitWatch:
         return channels
 
 
-def run_turn(db: Any, operations: list[Operation],
-             watch: CommitWatch) -> tuple[list[tuple[bool, Any]], set[str]]:
-    """One writer turn: look for other processes' commits, then run the batch."""
+def run_turn(db: Any, operations: list[Operation], watch: CommitWatch,
+             opened: OpenedFile) -> tuple[list[tuple[bool, Any]], set[str]]:
+    """One writer turn: check the file is still the one opened, look for other processes'
+    commits, then run the batch."""
+    opened.check()
     changed = watch.check(db)
     return (store.run_batch(db, operations) if operations else []), changed
 
@@ -72,8 +104,9 @@ class Database:
     """Deferred-returning access to the store for the server; `on_external_commit` hears
     which channels other processes wrote to."""
 
-    def __init__(self, writer: Pool, readers: Pool,
+    def __init__(self, path: str, writer: Pool, readers: Pool,
                  on_external_commit: Callable[[set[str]], None]) -> None:
+        self._opened = OpenedFile(path)
         self._writer = writer
         self._readers = readers
         self._queue: list[tuple[Operation, Deferred[Any]]] = []
@@ -83,6 +116,7 @@ class Database:
         self._drained: list[Deferred[None]] = []
         self._on_external_commit = on_external_commit
         self._closed = False
+        self._gone_reported = False
 
     def write(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Run `function(db, *args)` in the writer's next turn; fire with its result."""
@@ -93,16 +127,21 @@ class Database:
         self._next_turn()
         return result
 
-    def start(self) -> None:
-        """Start both pools (starting one twice is harmless)."""
+    def start(self) -> Deferred[Any]:
+        """Start both pools (starting one twice is harmless) and open all their connections;
+        fires once they are open."""
         self._writer.start()
         self._readers.start()
+        return gatherResults([open_connections(self._writer, self._writer.max),
+                              open_connections(self._readers, self._readers.max)],
+                             consumeErrors=True)
 
     def read(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Run `function(db, *args)` on a reader connection (it must not write)."""
         if self._closed:
             return fail(StorageError("the server is stopping"))
-        result: Deferred[Any] = self._readers.runWithConnection(function, *args)
+        result: Deferred[Any] = self._readers.runWithConnection(
+            _checked, self._opened, function, args)
         return result
 
     def poll(self) -> None:
@@ -139,7 +178,7 @@ class Database:
             return
         batch, self._queue, self._poll_wanted = self._queue, [], False
         self._turn = self._writer.runWithConnection(
-            run_turn, [op for op, _ in batch], self._watch
+            run_turn, [op for op, _ in batch], self._watch, self._opened
         )
         self._turn.addBoth(self._finish_turn, batch)
 
@@ -148,6 +187,8 @@ class Database:
         if isinstance(outcome, Failure):
             # The commit itself failed: nothing in the batch was stored.
             error = outcome.value if outcome.check(store.StorageError) else outcome
+            if outcome.check(store.DatabaseGone):
+                self._report_gone(str(outcome.value))
             for _, result in batch:
                 result.errback(error)
         else:
@@ -160,6 +201,12 @@ class Database:
                 self._on_external_commit(changed)
         self._next_turn()
 
+    def _report_gone(self, reason: str) -> None:
+        # Once, not per turn: every write from now on is refused the same way.
+        if not self._gone_reported:
+            self._gone_reported = True
+            log.critical("{reason}", reason=reason)
+
     def _notify_drained(self) -> None:
         drained, self._drained = self._drained, []
         for waiting in drained:
@@ -167,6 +214,13 @@ class Database:
 
 
 def _call(function: Callable[..., Any], args: tuple[Any, ...], db: Any) -> Any:
+    return function(db, *args)
+
+
+def _checked(db: Any, opened: OpenedFile, function: Callable[..., Any],
+             args: tuple[Any, ...]) -> Any:
+    # A read from a file no longer at its path would answer from a database nobody else sees.
+    opened.check()
     return function(db, *args)
 
 

@@ -69,10 +69,12 @@ class StorageService(Service):
         self.database = database
 
     def startService(self) -> None:
-        """Start the pools' threads now, not only once the reactor runs (a service may be
-        started into a reactor that is already running)."""
+        """Start the pools' threads and open every connection now, not on first use (a
+        service may be started into a reactor that is already running)."""
         super().startService()
-        self.database.start()
+        self.database.start().addErrback(
+            lambda f: log.critical("cannot open the database: {reason}",
+                                   reason=f.getErrorMessage()))
 
     async def _stop(self) -> None:
         await self.database.drain()
@@ -202,6 +204,7 @@ def build(settings: Settings, reactor: Any, writer: Pool | None = None,
     clock: IReactorTime = reactor
     waiters = Waiters(clock)
     database = Database(
+        settings.db_path,
         writer or sqlite_pool(settings.db_path, WRITER_CONNECTIONS, reactor),
         readers or sqlite_pool(settings.db_path, READER_CONNECTIONS, reactor),
         on_external_commit=waiters.wake_channels,

@@ -14,7 +14,7 @@ adbapi's runWithConnection. Connections run in autocommit mode and every write i
 sqlite3 errors leave as StorageError. No Twisted import anywhere in here.
 """
 
-from elipc.model import Conflict, SchemaTooNew, StorageError
+from elipc.model import Conflict, DatabaseGone, SchemaTooNew, StorageError
 from elipc.store.connection import (
     BUSY_TIMEOUT_S,
     channels_after,
@@ -55,11 +55,11 @@ from elipc.store.messages import (
     unread_page,
     watermark,
 )
-from elipc.store.opening import open_database
+from elipc.store.opening import check_same_file, file_identity, open_database, open_uri
 
 __all__ = [
-    "BUSY_TIMEOUT_S", "Conflict", "MessageRow", "SchemaTooNew", "StorageError", "acknowledge",
-    "add_operator", "channels_after", "configure", "data_version", "delete_messages_before",
+    "BUSY_TIMEOUT_S", "Conflict", "DatabaseGone", "MessageRow", "SchemaTooNew", "StorageError", "acknowledge",
+    "add_operator", "channels_after", "check_same_file", "file_identity", "open_uri", "configure", "data_version", "delete_messages_before",
     "first_operator", "forget_idempotency", "forget_nonces", "get_agent", "guarded",
     "history", "history_page", "idempotent_id", "insert_message", "insert_messages",
     "is_secure", "last_message_id", "list_agents", "list_channels", "oldest_message_id",

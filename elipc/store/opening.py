@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import urllib.parse
 
-from elipc.model import StorageError
+from elipc.model import DatabaseGone, StorageError
 from elipc.store import schema
 from elipc.store.connection import BUSY_TIMEOUT_S, configure
 
@@ -31,6 +32,29 @@ def open_database(path: str, *, check_same_thread: bool = True) -> sqlite3.Conne
         conn.close()
         raise
     return conn
+
+
+def file_identity(path: str) -> tuple[int, int] | None:
+    """The (device, inode) naming the file at `path`, or None if there is none."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def check_same_file(path: str, opened: tuple[int, int] | None) -> None:
+    """Raise DatabaseGone unless `path` still names the file identified as `opened` (one
+    stat: cheap enough for every writer turn)."""
+    if opened is not None and file_identity(path) != opened:
+        raise DatabaseGone(f"the database file {path} was deleted or replaced while elipc "
+                           "was running; nothing more is written to it: restart elipc")
+
+
+def open_uri(path: str) -> str:
+    """A URI that opens the existing file at `path` read-write and never creates one (only
+    open_database creates database files, 0600)."""
+    return "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=rw"
 
 
 def _create_private(path: str) -> None:
