@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from elipc.model import ConfigError
 
@@ -135,8 +134,7 @@ def default_db_path(environ: Mapping[str, str]) -> str:
 # -- the table ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Setting:
+class Setting(NamedTuple):
     """One setting: where it comes from, how it is parsed, what it is when not given.
 
     `default` is a value, or a function of (the settings read so far, environ) for defaults
@@ -200,8 +198,7 @@ TABLE: tuple[Setting, ...] = (
 BY_NAME = {setting.name: setting for setting in TABLE}
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
+class Settings(NamedTuple):
     """Everything elipc can be told, already parsed; build it with `Settings.load`."""
 
     db_path: str

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from elipc import store
 from elipc.config import DEFAULT_REPLAY_WINDOW
@@ -31,8 +30,7 @@ IDEMPOTENCY_WINDOW_S = 24 * 3600.0
 RETENTION_BATCH = 1000
 
 
-@dataclass(frozen=True, slots=True)
-class Policy:
+class Policy(NamedTuple):
     """How strict signature checks are: the replay window and whether el-ipc's replayable
     signatures are still accepted."""
 

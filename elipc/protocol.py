@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import secrets
 from time import time as wall_time
-from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import Callable, Generator, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 from urllib.parse import urlencode
 
 from elipc.config import DEFAULT_WAIT_TIMEOUT, REQUEST_TIMEOUT
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 T = TypeVar("T")
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 JSON_TYPE = "application/json"
 # A proxy's HTML error page is cut to this many bytes in the error text.
 ERROR_TEXT_BYTES = 200
@@ -36,15 +37,14 @@ ERROR_TEXT_BYTES = 200
 # -- the wire ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class HttpRequest:
+class HttpRequest(NamedTuple):
     """One request as it goes on the wire: `path` and `query` are relative to the server's
     base URL; `timeout` is how long the whole exchange may take."""
 
     method: str
     path: str
     query: tuple[tuple[str, str], ...] = ()
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = NO_HEADERS
     body: bytes | None = None
     timeout: float = REQUEST_TIMEOUT
 
@@ -57,12 +57,11 @@ class HttpRequest:
         return base.rstrip("/") + self.target()
 
 
-@dataclass(frozen=True, slots=True)
-class HttpResponse:
+class HttpResponse(NamedTuple):
     """One answer: its status, its headers (names in lower case) and its body."""
 
     status: int
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = NO_HEADERS
     body: bytes = b""
 
 
@@ -131,8 +130,7 @@ def watermark_of(response: HttpResponse) -> int:
 # -- calls ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Call(Generic[T]):
+class Call(NamedTuple, Generic[T]):
     """One logical API call: `build` makes the request for each attempt (fresh read
     signatures), `parse` turns the answer into the result."""
 
@@ -288,8 +286,7 @@ def _optional(**values: float | int | None) -> list[tuple[str, str]]:
 # -- retries -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
+class RetryPolicy(NamedTuple):
     """How often and how patiently a failed request is tried again: `retries` more times,
     waiting `backoff` seconds doubled per try, at most `max_backoff`, times a jitter in
     [0.5, 1) so that clients a restart cut off at once do not come back at once."""

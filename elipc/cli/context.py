@@ -6,7 +6,6 @@ the remote path loads this, not the store.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 
 from elipc.cli.output import Console
 from elipc.cli.system import Clock
@@ -18,14 +17,14 @@ class CommandError(ElipcError):
     """A command cannot do what was asked; the message says why."""
 
 
-@dataclass(frozen=True, slots=True)
 class Context:
     """One run of one command: its arguments, its settings, its streams and its clock."""
 
-    args: argparse.Namespace
-    settings: Settings
-    console: Console
-    clock: Clock
+    __slots__ = ("args", "settings", "console", "clock")
+
+    def __init__(self, args: argparse.Namespace, settings: Settings, console: Console,
+                 clock: Clock) -> None:
+        self.args, self.settings, self.console, self.clock = args, settings, console, clock
 
 
 def message_content(ctx: Context) -> str:

@@ -9,17 +9,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import IO, Any
 
 
-@dataclass(frozen=True, slots=True)
 class Console:
-    """The streams one CLI run reads and writes."""
+    """The streams one CLI run reads and writes (a plain class: it is made on every run, and
+    a dataclass costs start-up time the CLI does not have)."""
 
-    stdin: IO[bytes]
-    stdout: IO[str]
-    stderr: IO[str]
+    __slots__ = ("stdin", "stdout", "stderr")
+
+    def __init__(self, stdin: IO[bytes], stdout: IO[str], stderr: IO[str]) -> None:
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
 
     def json(self, value: object, indent: int | None = None) -> None:
         """One JSON document on stdout, flushed (a reader may be waiting on the pipe)."""

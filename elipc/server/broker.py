@@ -109,7 +109,7 @@ class Broker(MultiService):
                     return page
             remaining = deadline - self._clock.seconds()
             if remaining <= 0 or not await self._wait(channel, remaining):
-                return Page()
+                return Page([], False)
 
     def _wait(self, channel: str, timeout: float) -> Deferred[bool]:
         waiting = self.waiters.wait(channel, timeout)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import urllib.parse
 
 from elipc.model import DatabaseGone, StorageError
 from elipc.store import schema
@@ -54,6 +53,8 @@ def check_same_file(path: str, opened: tuple[int, int] | None) -> None:
 def open_uri(path: str) -> str:
     """A URI that opens the existing file at `path` read-write and never creates one (only
     open_database creates database files, 0600)."""
+    import urllib.parse  # the server's pools only: keep it off the CLI's start-up
+
     return "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=rw"
 
 
