@@ -6,7 +6,6 @@ TABLE. Nothing outside this module reads IPC_* from the environment. No Twisted 
 CLI's local path loads this module on every call.
 """
 
-from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
@@ -219,7 +218,7 @@ class Settings(NamedTuple):
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None,
-             options: Mapping[str, Any] | None = None) -> Settings:
+             options: Mapping[str, Any] | None = None) -> "Settings":
         """Read each setting from its option (when given), else its IPC_* variable (when
         set and not empty), else its default. Options are keyed by option name."""
         environ = os.environ if environ is None else environ

@@ -8,7 +8,6 @@ becomes is decided by the web layer and the CLI, not here. No Twisted import: th
 path loads this module on every call.
 """
 
-from __future__ import annotations
 
 from typing import Any, NamedTuple
 
@@ -91,7 +90,7 @@ class Message(NamedTuple):
     nonce: str | None = None
 
     @classmethod
-    def from_json(cls, channel: str, shape: dict[str, Any]) -> Message:
+    def from_json(cls, channel: str, shape: dict[str, Any]) -> "Message":
         """The message a server answered as `as_json`, on `channel`."""
         return cls(shape["id"], channel, shape["sender"], shape["content"], shape["timestamp"],
                    shape.get("signature") or "", shape.get("signed_timestamp"),

@@ -6,7 +6,6 @@ directory could change between the check and the write. No Twisted import here; 
 cryptography library is loaded only when a signature is checked.
 """
 
-from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
@@ -38,7 +37,7 @@ class Policy(NamedTuple):
     strict: bool = False
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Policy:
+    def from_settings(cls, settings: Any) -> "Policy":
         """The policy a Settings object describes."""
         return cls(settings.replay_window, settings.strict_signatures)
 

@@ -11,7 +11,6 @@ No Twisted import, and no cryptography import until a key signs something: the C
 path loads this module on every call.
 """
 
-from __future__ import annotations
 
 import json
 import secrets
@@ -152,7 +151,7 @@ class Api:
     """Every endpoint of one server as a Call, for one agent: signed with its Ed25519 `key`
     when given, carrying the bearer `api_key` when given, timed by `time` (Unix seconds)."""
 
-    def __init__(self, agent: str | None = None, key: Ed25519PrivateKey | None = None,
+    def __init__(self, agent: str | None = None, key: "Ed25519PrivateKey | None" = None,
                  api_key: str | None = None, time: Callable[[], float] = wall_time) -> None:
         self.agent, self.key, self.time = agent, key, time
         self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -229,7 +228,7 @@ class Api:
         return Call(lambda: self._get("/.well-known/agent-card.json"), answer_of)
 
     def register(self, name: str, public_key: str, operator: str,
-                 operator_key: Ed25519PrivateKey, identity: str = "") -> Call[dict[str, Any]]:
+                 operator_key: "Ed25519PrivateKey", identity: str = "") -> Call[dict[str, Any]]:
         """POST /register, signed here with the operator's key (which never leaves this
         process); each attempt signs a fresh timestamp."""
         def build() -> HttpRequest:
