@@ -5,7 +5,7 @@
     await client.listen("ops", handle_batch)     # forever; acknowledges after each batch
 
 What is sent and how answers are read, signed and retried is `elipc.protocol`'s (the CLI's
-remote mode uses the same over http.client); this module only carries requests with treq on
+remote mode uses the same over a socket); this module only carries requests with treq on
 the reactor. Each logical send carries one idempotency key (and one signature) through all
 its retries, so a retry after a lost response is stored once. Reads default to manual
 acknowledgement: the watermark moves only when `ack` (or `listen`, after the handler

@@ -1,7 +1,7 @@
 """The HTTP API without I/O: builds every request elipc's server understands and reads every
 answer it gives, and says once how failures are retried.
 
-A transport (treq in `elipc.client`, http.client in `elipc.cli.transport`) only moves an
+A transport (treq in `elipc.client`, a socket in `elipc.cli.transport`) only moves an
 `HttpRequest` to the server and an `HttpResponse` back. Everything else lives here:
 
     api = Api(agent="herald", key=key, time=time.time)

@@ -1,5 +1,5 @@
 """The CLI's remote mode (`--server URL`) against the real server: in memory through StubTreq,
-and once over a real socket with the real http.client transport."""
+and once over a real socket with the real socket transport."""
 
 from __future__ import annotations
 
@@ -317,7 +317,7 @@ class HttpTransportTests(SynchronousTestCase):
                          (False, "127.0.0.1", 9876, ""))
         behind = HttpTransport("https://ipc.example/elipc/")
         self.assertEqual((behind.secure, behind.host, behind.port, behind.prefix),
-                         (True, "ipc.example", None, "/elipc"))
+                         (True, "ipc.example", 443, "/elipc"))
         for bad in ("ftp://ipc.example", "ipc.example:9876", "http://"):
             self.assertRaises(ConfigError, HttpTransport, bad)
 
@@ -330,8 +330,79 @@ class HttpTransportTests(SynchronousTestCase):
         self.assertIn("ConnectionRefusedError", str(error))
 
 
+class CannedServer:
+    """A socket on 127.0.0.1 that answers each request it reads with the next canned reply
+    (a proxy's way of answering: chunked, up to the close, after a 100 Continue)."""
+
+    def __init__(self, case: SynchronousTestCase, *replies: bytes) -> None:
+        import threading
+
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.requests: list[bytes] = []
+        self.replies = list(replies)
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+        case.addCleanup(self.listener.close)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/base"
+
+    def serve(self) -> None:
+        while self.replies:
+            connection, _ = self.listener.accept()
+            with connection:
+                while self.replies:
+                    request = connection.recv(65536)
+                    if not request:
+                        break
+                    self.requests.append(request)
+                    reply = self.replies.pop(0)
+                    connection.sendall(reply)
+                    if b"Connection: close" in reply or b"Content-Length" not in reply \
+                            and b"chunked" not in reply:
+                        break
+
+
+class HttpFramingTests(SynchronousTestCase):
+    """The socket transport reads every framing an HTTP/1.1 server or proxy may answer."""
+
+    def test_framings_and_keep_alive(self) -> None:
+        """Content-Length, chunked (with a trailer) and 100 Continue on one kept-alive
+        connection; then a body that runs to the close, on a new one."""
+        server = CannedServer(
+            self,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Elipc-More: true\r\n\r\n[]",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\n[1,\r\n2;ext=1\r\n2]\r\n0\r\nX-Trailer: t\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\n\r\n<html>bad</html>",
+        )
+        transport = HttpTransport(server.url)
+        self.addCleanup(transport.close)
+        first = transport.fetch(HttpRequest("GET", "/messages", (("channel", "c"),)))
+        self.assertEqual((first.status, first.headers["x-elipc-more"], first.body),
+                         (200, "true", b"[]"))
+        chunked = transport.fetch(HttpRequest("GET", "/x"))
+        self.assertEqual((chunked.status, chunked.body), (200, b"[1,2]"))
+        created = transport.fetch(HttpRequest("POST", "/send", (), {}, b"{}"))
+        self.assertEqual((created.status, created.body), (201, b""))
+        self.assertEqual(transport.opened, 1)
+        closing = transport.fetch(HttpRequest("GET", "/y"))
+        self.assertEqual((closing.status, closing.body), (502, b"<html>bad</html>"))
+        self.assertTrue(server.requests[0].startswith(b"GET /base/messages?channel=c HTTP/1.1"))
+        self.assertIn(b"Content-Length: 2\r\n\r\n{}", server.requests[2])
+
+    def test_garbage_is_a_transport_failure(self) -> None:
+        """An answer that is not HTTP, or stops mid-body, is a TransportFailure."""
+        for reply in (b"SSH-2.0-OpenSSH\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n[]"):
+            server = CannedServer(self, reply)
+            transport = HttpTransport(server.url)
+            self.assertRaises(TransportFailure, transport.fetch, HttpRequest("GET", "/"))
+            transport.close()
+
+
 class SocketTests(TestCase):
-    """http.client over a real socket to the real server listening in this process."""
+    """The socket transport over a real socket to the real server listening in this process."""
 
     def setUp(self) -> None:
         from twisted.internet import reactor

@@ -20,7 +20,7 @@ from elipc.cli.output import Console
 from elipc.cli.system import Clock, SystemClock
 from elipc.config import Settings
 
-if TYPE_CHECKING:  # the transport module (http.client) loads only in remote mode
+if TYPE_CHECKING:  # the transport module loads only in remote mode
     from elipc.cli.transport import Transport
 from elipc.model import ElipcError
 

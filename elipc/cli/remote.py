@@ -1,5 +1,5 @@
 """The CLI's remote mode (`--server URL` or IPC_SERVER_URL): the same commands through
-protocol.py over http.client, printing exactly what the local mode prints. No Twisted: a
+protocol.py over a socket, printing exactly what the local mode prints. No Twisted: a
 remote command starts as fast as a local one.
 """
 
