@@ -97,6 +97,14 @@ def _define(sub: argparse.ArgumentParser, command: str) -> None:
         add("--limit", type=_page_size, default=DEFAULT_PAGE,
             help=f"at most this many (default {DEFAULT_PAGE})")
         add("--key", help="remote mode: the agent's key, to sign the read (secure mode)")
+    elif command == "follow":
+        add("channels", nargs="+", metavar="channel")
+        add("--agent", required=True, help="the agent whose watermarks move")
+        add("--verify", action="store_true",
+            help="check each signature against the directory; adds \"verified\"")
+        add("--count", type=_page_size, default=0,
+            help="stop after this many messages (default: run until stopped)")
+        add("--key", help="remote mode: the agent's key, to sign reads and acks")
     elif command == "history":
         add("channel")
         add("--after-id", type=int, default=0, help="only messages with a higher id")
@@ -122,6 +130,8 @@ def _define(sub: argparse.ArgumentParser, command: str) -> None:
 HELP: dict[str, str] = {
     "send": "send <channel> <from> <msg...> [--key F]: send a message",
     "read": "read <channel> <agent> [--wait [--timeout S]] [--verify]: read",
+    "follow": "follow <channel>... --agent NAME [--verify] [--count N]: one JSON line per "
+              "new message, until stopped",
     "channels": "channels: list channels",
     "seed": "seed <name> [--out P]: create an operator keypair",
     "keygen": "keygen [--out P]: generate an Ed25519 keypair",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from elipc import store
 from elipc.cli.context import CommandError, Context, message_content
+from elipc.cli.follow import follow_local
 from elipc.cli.system import Clock
 from elipc.config import parse_duration, prepare_db_location
 from elipc.model import (
@@ -34,7 +35,8 @@ COMMIT_POLL_S = 0.01
 PRUNE_BATCH = 10_000
 
 
-def _open(ctx: Context) -> sqlite3.Connection:
+def open_database(ctx: Context) -> sqlite3.Connection:
+    """The run's database, created (0600) and migrated if need be; el-ipc's hint on stderr."""
     notice = prepare_db_location(ctx.settings)
     if notice:
         ctx.console.note(notice)
@@ -55,7 +57,7 @@ def cmd_send(ctx: Context) -> None:
     content = message_content(ctx)
     now = ctx.clock.time()
     signed = _sign(args.key, channel, sender, content, int(now)) if args.key else UNSIGNED
-    conn = _open(ctx)
+    conn = open_database(ctx)
     policy = Policy.from_settings(ctx.settings)
     try:
         accepted = accept_message(conn, channel, sender, content, signed, now, policy)
@@ -86,7 +88,7 @@ def cmd_read(ctx: Context) -> None:
     args = ctx.args
     channel = check_name(args.channel, "channel")
     agent = check_name(args.agent, "agent")
-    conn = _open(ctx)
+    conn = open_database(ctx)
     deliver = _verifying_printer(ctx, conn, channel) if args.verify else _printer(ctx)
     deadline = ctx.clock.monotonic() + (args.timeout if args.wait else 0.0)
     while True:
@@ -135,13 +137,13 @@ def _await_commit(clock: Clock, conn: sqlite3.Connection, version: int,
 
 def cmd_channels(ctx: Context) -> None:
     """List channels with their message counts, most recently active first."""
-    ctx.console.json(store.list_channels(_open(ctx)), indent=2)
+    ctx.console.json(store.list_channels(open_database(ctx)), indent=2)
 
 
 def cmd_history(ctx: Context) -> None:
     """Print a channel's messages after an id, moving no watermark."""
     channel = check_name(ctx.args.channel, "channel")
-    page = store.history_page(_open(ctx), channel, ctx.args.after_id, ctx.args.limit)
+    page = store.history_page(open_database(ctx), channel, ctx.args.after_id, ctx.args.limit)
     ctx.console.messages([m.as_json() for m in page.messages])
     if page.more:
         ctx.console.more_waiting(channel)
@@ -152,7 +154,7 @@ def cmd_prune(ctx: Context) -> None:
     age = parse_duration(ctx.args.older_than, "--older-than")
     if age <= 0:
         raise CommandError("--older-than must be more than 0")
-    deleted = run_retention(_open(ctx), ctx.clock.time() - age, PRUNE_BATCH)
+    deleted = run_retention(open_database(ctx), ctx.clock.time() - age, PRUNE_BATCH)
     ctx.console.json({"ok": True, "deleted": deleted, "older_than_seconds": age})
 
 
@@ -164,7 +166,7 @@ def cmd_seed(ctx: Context) -> None:
     from elipc import identity
 
     name = check_name(ctx.args.name, "operator name")
-    conn = _open(ctx)
+    conn = open_database(ctx)
     private, public = identity.generate_keypair()
     if ctx.args.out:
         deliver = _key_writer(ctx, private, public, name)
@@ -213,7 +215,7 @@ def cmd_register(ctx: Context) -> None:
     agent_identity = check_identity(args.identity)
     public = identity.load_public_key_text(args.pubkey)
     operator_key = identity.load_private_key(args.key)
-    conn = _open(ctx)
+    conn = open_database(ctx)
     _check_operator(conn, operator, args.key, operator_key)
     now = ctx.clock.time()
     payload = identity.register_payload(name, agent_identity, int(now), public)
@@ -243,14 +245,14 @@ def _check_operator(conn: sqlite3.Connection, operator: str, key_file: str,
 
 def cmd_agents(ctx: Context) -> None:
     """List operators and agents, one line each as el-ipc does, with when each was added."""
-    ctx.console.agents(a.as_json() for a in store.list_agents(_open(ctx)))
+    ctx.console.agents(a.as_json() for a in store.list_agents(open_database(ctx)))
 
 
 def cmd_agent_card(ctx: Context) -> None:
     """Print the A2A agent card this database would be served with."""
     from elipc.agentcard import build_card
 
-    operator = store.first_operator(_open(ctx))
+    operator = store.first_operator(open_database(ctx))
     ctx.console.json(build_card(ctx.settings, operator.public_key if operator else None),
                      indent=2)
 
@@ -274,4 +276,5 @@ COMMANDS: dict[str, Callable[[Context], None]] = {
     "prune": cmd_prune,
     "agent-card": cmd_agent_card,
     "serve": cmd_serve,
+    "follow": follow_local,
 }

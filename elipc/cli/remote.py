@@ -9,6 +9,7 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from elipc.cli.follow import follow_remote
 from elipc.cli.output import Console
 from elipc.cli.system import Clock
 from elipc.cli.transport import HttpTransport, Transport, perform
@@ -26,13 +27,18 @@ from elipc.protocol import Api, Call, ClientError, RetryPolicy, Unreachable
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-REMOTE_COMMANDS = ("send", "read", "channels", "agents", "agent-card", "history", "register")
+REMOTE_COMMANDS = ("send", "read", "channels", "agents", "agent-card", "history", "register",
+                   "follow")
 T = TypeVar("T")
 
 
 class RemoteError(ElipcError):
     """A remote command failed; the message is the one line to print (the server's refusal,
-    or why the server could not be reached)."""
+    or why the server could not be reached: then `unreachable`)."""
+
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 class Remote:
@@ -51,7 +57,13 @@ class Remote:
         except ClientError as e:
             raise RemoteError(e.message) from None
         except Unreachable as e:
-            raise RemoteError(f"cannot reach {self.server_url}: {e}") from None
+            raise RemoteError(f"cannot reach {self.server_url}: {e}", unreachable=True) from None
+
+    def fork(self) -> Remote:
+        """The same run on a connection of its own (for another thread)."""
+        transport = (HttpTransport(self.server_url) if isinstance(self.transport, HttpTransport)
+                     else self.transport)
+        return Remote(self.api, transport, self.clock, self.console, self.server_url)
 
 
 def run_remote(args: argparse.Namespace, settings: Settings, content: str | None,
@@ -162,4 +174,5 @@ Command = Callable[[Remote, argparse.Namespace, "str | None"], None]
 COMMANDS: dict[str, Command] = {
     "send": _send, "read": _read, "channels": _channels, "agents": _agents,
     "agent-card": _agent_card, "history": _history, "register": _register,
+    "follow": lambda remote, args, content: follow_remote(remote, args),
 }
