@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import resource
 import shutil
 import signal
@@ -338,6 +339,32 @@ def cli_wait_wake(db_path: str, rounds: int) -> dict[str, str]:
             f"{ms(percentile(latencies, 50))} / {ms(max(latencies))}"}
 
 
+def follow_latency(db_path: str, rounds: int) -> dict[str, str]:
+    """`elipc follow`: from another connection's commit to the message's line on stdout."""
+    env = {**BASE_ENV, "IPC_DB_PATH": db_path}
+    subprocess.run([os.path.join(BIN, "elipc"), "channels"], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    follower = subprocess.Popen([os.path.join(BIN, "elipc"), "follow", "followed", "--agent",
+                                 "r"], env=env, stdout=subprocess.PIPE)
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    latencies, pacing = [], random.Random(7)
+    try:
+        time.sleep(0.5)  # the follower is waiting by now
+        for i in range(rounds):
+            conn.execute("INSERT INTO messages (channel, sender, content, created_at) "
+                         "VALUES ('followed', 'w', ?, ?)", (f"m{i}", time.time()))
+            committed = time.perf_counter()
+            follower.stdout.readline()
+            latencies.append(time.perf_counter() - committed)
+            time.sleep(pacing.uniform(0.005, 0.05))  # irregular, as agents send
+    finally:
+        conn.close()
+        follower.kill()  # by its pid, through its Popen
+        follower.wait(timeout=30)
+    return {"CLI follow: another process's commit to its line, p50 / p99":
+            f"{ms(percentile(latencies, 50))} / {ms(percentile(latencies, 99))}"}
+
+
 def cli_median(argv: list[str], env: dict[str, str], rounds: int) -> float:
     """The median wall time of `elipc ARGV` as a whole process."""
     times = []
@@ -414,6 +441,7 @@ def run_all(work: str, scale: float) -> dict[str, str]:
 
     rows.update(cli_startup(os.path.join(work, "cli.db"), n(30)))
     rows.update(cli_wait_wake(os.path.join(work, "cli.db"), n(20)))
+    rows.update(follow_latency(os.path.join(work, "follow.db"), n(200)))
     with_server("sends.db",
                 lambda s: _now(cli_remote_send(s, os.path.join(work, "cli.db"), n(30))),
                 lambda s: _now(sequential_sends(s.port, n(5000))),
