@@ -9,7 +9,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +83,24 @@ def process_streams_untouched() -> Iterator[None]:
     if out.getvalue() or err.getvalue():
         raise AssertionError(f"wrote to the process's streams: {out.getvalue()!r} "
                              f"{err.getvalue()!r}")
+
+
+class CommittingClock(FakeClock):
+    """A fake clock on which another writer commits once `at` seconds have been slept; it
+    fails a run that sleeps past `limit` seconds instead of letting it hang."""
+
+    def __init__(self, at: float = float("inf"), commit: Callable[[], None] = lambda: None,
+                 limit: float = float("inf")) -> None:
+        super().__init__()
+        self.at, self.commit, self.limit = at, commit, limit
+
+    def sleep(self, seconds: float) -> None:
+        """Advance; commit when `at` is passed; fail past `limit`."""
+        super().sleep(seconds)
+        if self.at <= self.slept < self.at + seconds:
+            self.commit()
+        if self.slept > self.limit:
+            raise AssertionError(f"slept past {self.limit:g} s of fake time")
 
 
 def run_cli(

@@ -23,6 +23,7 @@ from elipc.cli import main
 from elipc.config import BY_NAME, option_help
 from elipc.store import schema
 from tests.clirun import (
+    CommittingClock,
     CliResult,
     FakeClock,
     elipc_process,
@@ -453,19 +454,6 @@ class CompatibilityTests(CliCase):
 
 
 
-class _CommittingClock(FakeClock):
-    """A fake clock on which another writer commits once `at` seconds have been slept."""
-
-    def __init__(self, at: float, commit: Callable[[], None]) -> None:
-        super().__init__()
-        self.at, self.commit = at, commit
-
-    def sleep(self, seconds: float) -> None:
-        super().sleep(seconds)
-        if self.at <= self.slept < self.at + seconds:
-            self.commit()
-
-
 class ClockTests(CliCase):
     """The CLI takes every time from the clock it is handed, and sleeps only through it."""
 
@@ -481,7 +469,7 @@ class ClockTests(CliCase):
     def test_wait_wakes_on_another_connection(self) -> None:
         """read --wait returns a message another connection commits while it sleeps."""
         self.ok("channels")  # the file exists, so the sleeping reader's "writer" can use it
-        clock = _CommittingClock(1.0, lambda: raw_execute(self.db, (
+        clock = CommittingClock(1.0, lambda: raw_execute(self.db, (
             "INSERT INTO messages (channel, sender, content, created_at) "
             "VALUES ('ch', 'w', 'wake up', 1.0)", ())))
         result = self.ok("read", "ch", "r", "--wait", "--timeout", "30", clock=clock)

@@ -20,27 +20,18 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from elipc import store
 from elipc.cli import main
 from elipc.cli.follow import MAX_LINE_CONTENT
-from tests.clirun import FakeClock, elipc_process, process_env, run_cli
+from tests.clirun import CommittingClock, elipc_process, process_env, run_cli
 from tests.helpers import SUBPROCESS_TIMEOUT_S, Server, raw_rows, temp_dir
 from tests.test_remote_cli import InMemoryTransport, ServerClock
 
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux: set a pipe's capacity
 
 
-class PatientClock(FakeClock):
-    """A fake clock that runs `commit` once `at` seconds have been slept, and fails a test
-    that sleeps on forever instead of hanging it."""
-
-    def __init__(self, at: float = 1e18, commit: Callable[[], None] = lambda: None) -> None:
-        super().__init__()
-        self.at, self.commit = at, commit
-
-    def sleep(self, seconds: float) -> None:
-        super().sleep(seconds)
-        if self.at <= self.slept < self.at + seconds:
-            self.commit()
-        if self.slept > 3600:
-            raise AssertionError("followed for an hour of fake time with nothing to print")
+def patient_clock(at: float = float("inf"),
+                  commit: Callable[[], None] = lambda: None) -> CommittingClock:
+    """A fake clock for a follower: another writer commits at `at`, and following for an
+    hour of fake time with nothing to print fails the test instead of hanging it."""
+    return CommittingClock(at, commit, limit=3600)
 
 
 class LocalFollowTests(SynchronousTestCase):
@@ -51,7 +42,7 @@ class LocalFollowTests(SynchronousTestCase):
         self.db = os.path.join(self.dir, "ipc.db")
 
     def cli(self, *args: str, clock: Any = None) -> Any:
-        result = run_cli(self.db, *args, cwd=self.dir, clock=clock or PatientClock())
+        result = run_cli(self.db, *args, cwd=self.dir, clock=clock or patient_clock())
         self.assertEqual(result.code, 0, result.err)
         return result
 
@@ -80,7 +71,7 @@ class LocalFollowTests(SynchronousTestCase):
             conn = store.open_database(self.db)
             store.insert_message(conn, "c", "w", "late", "", 1.0)
             conn.close()
-        clock = PatientClock(at=5.0, commit=commit)
+        clock = patient_clock(at=5.0, commit=commit)
         lines = self.lines("c", "--agent", "r", "--count", "1", clock=clock)
         self.assertEqual([m["content"] for m in lines], ["late"])
         self.assertGreaterEqual(clock.slept, 5.0)
@@ -117,7 +108,7 @@ class LocalFollowTests(SynchronousTestCase):
                 raise BrokenPipeError("the monitor went away")
         code = main(["follow", "c", "--agent", "r"], environ={"IPC_DB_PATH": self.db},
                     stdin=io.BytesIO(), stdout=Broken(), stderr=io.StringIO(),
-                    clock=PatientClock())
+                    clock=patient_clock())
         self.assertEqual(code, 1)
         self.assertEqual(self.cli("read", "c", "r").json()[0]["content"], "precious")
 
