@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -22,6 +23,13 @@ from tests.helpers import (
     raw_rows,
     temp_dir,
 )
+
+
+def read_all(db: Any, channel: str, agent: str, deliver: Any = None,
+             limit: int = 10_000) -> list[Message]:
+    """`agent`'s unread messages on `channel` (up to `limit`), moving its watermark past
+    them: one store.unread_page."""
+    return store.unread_page(db, channel, agent, limit, deliver).messages
 
 
 class StoreCase(SynchronousTestCase):
@@ -50,29 +58,29 @@ class WatermarkTests(StoreCase):
     def test_read_returns_unread_then_nothing(self) -> None:
         """A read returns what is unread in id order; the next read returns nothing."""
         first, second = self.send("c"), self.send("c")
-        self.assertEqual(self.ids(store.read_unread(self.db, "c", "x")), [first, second])
-        self.assertEqual(store.read_unread(self.db, "c", "x"), [])
+        self.assertEqual(self.ids(read_all(self.db, "c", "x")), [first, second])
+        self.assertEqual(read_all(self.db, "c", "x"), [])
         self.assertEqual(store.watermark(self.db, "c", "x"), second)
 
     def test_watermarks_are_per_agent(self) -> None:
         """Another agent still sees every message one agent has read."""
         ids = [self.send("c") for _ in range(3)]
-        store.read_unread(self.db, "c", "x")
-        self.assertEqual(self.ids(store.read_unread(self.db, "c", "y")), ids)
+        read_all(self.db, "c", "x")
+        self.assertEqual(self.ids(read_all(self.db, "c", "y")), ids)
 
     def test_watermarks_are_per_channel(self) -> None:
         """Reading one channel moves nothing on another."""
         on_c, on_d = self.send("c"), self.send("d")
-        self.assertEqual(self.ids(store.read_unread(self.db, "c", "x")), [on_c])
-        self.assertEqual(self.ids(store.read_unread(self.db, "d", "x")), [on_d])
+        self.assertEqual(self.ids(read_all(self.db, "c", "x")), [on_c])
+        self.assertEqual(self.ids(read_all(self.db, "d", "x")), [on_d])
         self.assertEqual(store.pending_count(self.db, "c", "x"), 0)
 
     def test_only_newer_messages_after_a_read(self) -> None:
         """After a read, only messages stored later are returned."""
         self.send("c")
-        store.read_unread(self.db, "c", "x")
+        read_all(self.db, "c", "x")
         later = self.send("c")
-        self.assertEqual(self.ids(store.read_unread(self.db, "c", "x")), [later])
+        self.assertEqual(self.ids(read_all(self.db, "c", "x")), [later])
 
     def test_failed_delivery_moves_nothing(self) -> None:
         """If delivering the messages fails, the watermark stays and they are read again."""
@@ -81,29 +89,29 @@ class WatermarkTests(StoreCase):
         def broken_pipe(messages: list[Message]) -> None:
             raise BrokenPipeError()
 
-        self.assertRaises(BrokenPipeError, store.read_unread, self.db, "c", "x", broken_pipe)
+        self.assertRaises(BrokenPipeError, read_all, self.db, "c", "x", broken_pipe)
         self.assertEqual(store.watermark(self.db, "c", "x"), 0)
-        self.assertEqual(self.ids(store.read_unread(self.db, "c", "x")), [sent])
+        self.assertEqual(self.ids(read_all(self.db, "c", "x")), [sent])
 
     def test_watermark_never_moves_backwards(self) -> None:
         """A stale higher watermark written elsewhere is kept, not lowered, by a later read."""
         self.send("c")
         raw_execute(self.path, ("INSERT INTO watermarks VALUES ('x', 'c', 99)", ()))
-        self.assertEqual(store.read_unread(self.db, "c", "x"), [])
+        self.assertEqual(read_all(self.db, "c", "x"), [])
         self.assertEqual(store.watermark(self.db, "c", "x"), 99)
 
     def test_message_shape(self) -> None:
         """Messages render as el-ipc's JSON, with `signed` only when a signature is stored."""
         store.insert_message(self.db, "c", "a", "plain", "", 5.5)
         store.insert_message(self.db, "c", "b", "sig", "c2ln", 6.5)
-        shapes = [m.as_json() for m in store.read_unread(self.db, "c", "x")]
+        shapes = [m.as_json() for m in read_all(self.db, "c", "x")]
         self.assertEqual(shapes[0], {"id": 1, "sender": "a", "content": "plain", "timestamp": 5.5})
         self.assertEqual(shapes[1]["signed"], True)
 
     def test_limit(self) -> None:
         """A limited read returns the oldest unread and leaves the rest unread."""
         ids = [self.send("c") for _ in range(5)]
-        self.assertEqual(self.ids(store.read_unread(self.db, "c", "x", limit=2)), ids[:2])
+        self.assertEqual(self.ids(read_all(self.db, "c", "x", limit=2)), ids[:2])
         self.assertEqual(store.pending_count(self.db, "c", "x"), 3)
 
     def test_batch_insert_is_atomic(self) -> None:
@@ -178,7 +186,7 @@ class ConcurrentReaderTests(StoreCase):
             conn = store.open_database(self.path, check_same_thread=False)
             try:
                 while not done.is_set() or store.pending_count(conn, "c", "x"):
-                    got.extend(m.id for m in store.read_unread(conn, "c", "x"))
+                    got.extend(m.id for m in read_all(conn, "c", "x"))
             except Exception as e:  # surfaced below, not swallowed
                 errors.append(e)
             finally:
@@ -290,8 +298,8 @@ class MigrationTests(SynchronousTestCase):
         conn = store.open_database(path)
         self.addCleanup(conn.close)
         self.assertEqual(schema.describe_schema(conn), self.fresh_schema())
-        self.assertEqual([m.content for m in store.read_unread(conn, "c", "reader")], ["two"])
-        self.assertEqual(len(store.read_unread(conn, "c", "newcomer")), 2)
+        self.assertEqual([m.content for m in read_all(conn, "c", "reader")], ["two"])
+        self.assertEqual(len(read_all(conn, "c", "newcomer")), 2)
         herald = store.get_agent(conn, "herald")
         self.assertEqual((herald.identity, herald.public_key, herald.registered_by),
                          ("u-1", "HPEM", "op"))
@@ -318,7 +326,7 @@ class MigrationTests(SynchronousTestCase):
         upgraded = store.open_database(path)
         self.addCleanup(upgraded.close)
         self.assertEqual(schema.describe_schema(upgraded), self.fresh_schema())
-        (message,) = store.read_unread(upgraded, "c", "r")
+        (message,) = read_all(upgraded, "c", "r")
         self.assertEqual((message.content, message.nonce), ("kept", None))
 
     def test_signed_flag_survives(self) -> None:
@@ -326,7 +334,7 @@ class MigrationTests(SynchronousTestCase):
         conn = store.open_database(self.el_ipc_file(True))
         self.addCleanup(conn.close)
         self.assertEqual([m.as_json().get("signed") for m in
-                          store.read_unread(conn, "c", "x")], [True, None])
+                          read_all(conn, "c", "x")], [True, None])
 
     def test_upgrade_sets_version_and_index(self) -> None:
         """After opening, the file is at the current version and reads use the channel index."""
@@ -353,7 +361,7 @@ class MigrationTests(SynchronousTestCase):
             f"    time.sleep(max(0, {start_at!r} + 0.2 * i - time.time()))\n"
             "    conn = store.open_database(path)\n"
             "    store.insert_message(conn, 'c', 'p', 'hello', '', 1.0)\n"
-            "    store.read_unread(conn, 'c', 'p')\n"
+            "    store.unread_page(conn, 'c', 'p', 10_000)\n"
             "    conn.close()\n"
         )
         procs = [subprocess.Popen([sys.executable, "-c", script, *paths],

@@ -51,7 +51,6 @@ from elipc.store.messages import (
     list_channels,
     oldest_message_id,
     pending_count,
-    read_unread,
     unread_page,
     watermark,
 )
@@ -63,6 +62,6 @@ __all__ = [
     "first_operator", "forget_idempotency", "forget_nonces", "get_agent", "guarded",
     "history", "history_page", "idempotent_id", "insert_message", "insert_messages",
     "is_secure", "last_message_id", "list_agents", "list_channels", "oldest_message_id",
-    "open_database", "pending_count", "read_unread", "register_agent", "remember_idempotency",
+    "open_database", "pending_count", "register_agent", "remember_idempotency",
     "remember_nonce", "run_batch", "transaction", "unread_page", "watermark",
 ]

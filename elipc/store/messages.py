@@ -78,16 +78,6 @@ def unread_page(
     return Page(messages, len(rows) > limit)
 
 
-def read_unread(
-    db: Any, channel: str, agent: str, deliver: Deliver | None = None, limit: int = -1
-) -> list[Message]:
-    """Every unread message (or up to `limit`) for `agent` on `channel`, moving the
-    watermark past them: `unread_page` without the page."""
-    if limit < 0:
-        limit = 2**62
-    return unread_page(db, channel, agent, limit, deliver).messages
-
-
 def _unread(db: Any, channel: str, agent: str, limit: int) -> list[Message]:
     rows = db.execute(
         f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE channel = ? AND id > ? "
