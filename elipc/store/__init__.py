@@ -57,11 +57,12 @@ from elipc.store.messages import (
 from elipc.store.opening import check_same_file, file_identity, open_database, open_uri
 
 __all__ = [
-    "BUSY_TIMEOUT_S", "Conflict", "DatabaseGone", "MessageRow", "SchemaTooNew", "StorageError", "acknowledge",
-    "add_operator", "channels_after", "check_same_file", "file_identity", "open_uri", "configure", "data_version", "delete_messages_before",
+    "BUSY_TIMEOUT_S", "Conflict", "DatabaseGone", "MessageRow", "SchemaTooNew",
+    "StorageError", "acknowledge", "add_operator", "channels_after", "check_same_file",
+    "configure", "data_version", "delete_messages_before", "file_identity",
     "first_operator", "forget_idempotency", "forget_nonces", "get_agent", "guarded",
     "history", "history_page", "idempotent_id", "insert_message", "insert_messages",
     "is_secure", "last_message_id", "list_agents", "list_channels", "oldest_message_id",
-    "open_database", "pending_count", "register_agent", "remember_idempotency",
+    "open_database", "open_uri", "pending_count", "register_agent", "remember_idempotency",
     "remember_nonce", "run_batch", "transaction", "unread_page", "watermark",
 ]
