@@ -103,13 +103,24 @@ class CommittingClock(FakeClock):
             raise AssertionError(f"slept past {self.limit:g} s of fake time")
 
 
+class TerminalOutput(io.StringIO):
+    """A captured stdout that says it is a terminal, as a person's is."""
+
+    def isatty(self) -> bool:
+        """Yes: a person is reading."""
+        return True
+
+
 def run_cli(
     db_path: str | None, *args: str, cwd: str | None = None, stdin: str | bytes | None = None,
-    clock: Clock | None = None, transport: object | None = None, **env: str,
+    clock: Clock | None = None, transport: object | None = None, terminal: bool = True,
+    **env: str,
 ) -> CliResult:
-    """Run `elipc ARGS` in this process against `db_path`, with IPC_* from `env` only."""
+    """Run `elipc ARGS` in this process against `db_path`, with IPC_* from `env` only; stdout
+    is a terminal's unless `terminal` is False (a pipe's, el's)."""
     data = stdin.encode("utf-8") if isinstance(stdin, str) else (stdin or b"")
-    stdout, stderr = io.StringIO(), io.StringIO()
+    stdout = TerminalOutput() if terminal else io.StringIO()
+    stderr = io.StringIO()
     with working_directory(cwd or os.getcwd()), process_streams_untouched():
         code = main(list(args), environ=cli_env(db_path, **env), stdin=io.BytesIO(data),
                     stdout=stdout, stderr=stderr, clock=clock, transport=transport)

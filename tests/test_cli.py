@@ -402,6 +402,41 @@ class BadInputTests(CliCase):
         self.fails("IPC_MAX_CONTENT_BYTES", "send", "c", "a", "x", IPC_MAX_CONTENT_BYTES="lots")
 
 
+class QuietOutputTests(CliCase):
+    """read, follow and history write nothing to stderr but a real error when stdout is not
+    a terminal (el merges stderr into its event, which must stay pure JSON)."""
+
+    def test_more_waiting_said_only_to_a_terminal(self) -> None:
+        """A full page's note reaches a terminal's stderr, not a program's."""
+        for i in range(3):
+            self.ok("send", "c", "a", f"m{i}")
+        piped = self.cli("read", "c", "r", "--limit", "1", terminal=False)
+        self.assertEqual((piped.code, len(piped.json()), piped.err), (0, 1, ""))
+        history = self.cli("history", "c", "--limit", "1", terminal=False)
+        self.assertEqual((history.code, len(history.json()), history.err), (0, 1, ""))
+        self.assertIn("more messages are waiting", self.ok("history", "c", "--limit", "1").err)
+
+    def test_el_ipc_notice_not_in_output_commands(self) -> None:
+        """The one-time hint about el-ipc's old file stays out of a piped read, and is still
+        given to a piped send."""
+        from unittest import mock
+
+        from elipc import config
+
+        state = os.path.join(self.dir, "state")
+        legacy = os.path.join(self.dir, "el-ipc.db")
+        open(legacy, "w").close()
+        with mock.patch.object(config, "LEGACY_DB_PATH", legacy):
+            read = run_cli(None, "read", "c", "r", cwd=self.dir, terminal=False,
+                           XDG_STATE_HOME=state)
+            self.assertEqual((read.code, read.out, read.err), (0, "[]\n", ""))
+            shutil.rmtree(os.path.join(state, "elipc"))  # a first run again
+            sent = run_cli(None, "send", "c", "a", "x", cwd=self.dir, terminal=False,
+                           XDG_STATE_HOME=state)
+            self.assertEqual(sent.code, 0)
+            self.assertIn(f"IPC_DB_PATH={legacy}", sent.err)
+
+
 class FullDiskTests(CliCase):
     """A storage fault at commit time is one line and exit 1, never a traceback."""
 

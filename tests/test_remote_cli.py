@@ -19,6 +19,7 @@ from elipc.cli.transport import HttpTransport
 from elipc.config import MAX_WAIT_TIMEOUT, Settings
 from elipc.model import ConfigError
 from elipc.protocol import HttpRequest, HttpResponse, TransportFailure
+from tests.clirun import TerminalOutput
 from tests.helpers import Server, raw_rows, temp_dir
 
 ENV = {"IPC_AGENT_NAME": "Herald", "IPC_AGENT_URL": "https://ipc.example"}
@@ -110,7 +111,7 @@ class RemoteCase(SynchronousTestCase):
         """Run `elipc --server URL ARGV` in process over the in-memory transport."""
         from elipc.cli import main
 
-        out, err = stdout or io.StringIO(), io.StringIO()
+        out, err = stdout or TerminalOutput(), io.StringIO()
         code = main(["--server", self.settings.server_url, *argv], environ=self.environ,
                     stdin=io.BytesIO(), stdout=out, stderr=err, clock=self.clock,
                     transport=self.transport)
@@ -134,7 +135,7 @@ class RemoteCase(SynchronousTestCase):
         """Run `elipc ARGV` on the server's database file, in process."""
         from elipc.cli import main
 
-        stdout, stderr = io.StringIO(), io.StringIO()
+        stdout, stderr = TerminalOutput(), io.StringIO()
         code = main(list(argv), environ={**self.environ, "IPC_DB_PATH": self.server.path},
                     stdin=io.BytesIO(), stdout=stdout, stderr=stderr, clock=self.clock)
         self.assertEqual(code, 0, stderr.getvalue())

@@ -33,12 +33,16 @@ if TYPE_CHECKING:  # only for hints: cryptography loads only when a key is invol
 # How often `read --wait` looks for another process's commit (a cheap PRAGMA data_version).
 COMMIT_POLL_S = 0.01
 PRUNE_BATCH = 10_000
+# Commands whose stdout a program (el, a monitor) parses: when stdout is not a terminal they
+# write nothing to stderr but a real error, since el merges stderr into the event.
+OUTPUT_COMMANDS = ("read", "follow", "history")
 
 
 def open_database(ctx: Context) -> sqlite3.Connection:
-    """The run's database, created (0600) and migrated if need be; el-ipc's hint on stderr."""
+    """The run's database, created (0600) and migrated if need be; el-ipc's hint on stderr
+    (except from a reading command whose output a program reads: see OUTPUT_COMMANDS)."""
     notice = prepare_db_location(ctx.settings)
-    if notice:
+    if notice and (ctx.console.terminal or ctx.args.command not in OUTPUT_COMMANDS):
         ctx.console.note(notice)
     try:
         return store.open_database(ctx.settings.db_path)

@@ -48,9 +48,18 @@ class Console:
             self.stdout.write("No agents registered (open mode — anyone can send)\n")
         self.stdout.flush()
 
+    @property
+    def terminal(self) -> bool:
+        """Whether stdout is a person's terminal (not a pipe, a file, el or a monitor)."""
+        isatty = getattr(self.stdout, "isatty", None)
+        return bool(isatty and isatty())
+
     def more_waiting(self, channel: str) -> None:
-        """Tell a reader (on stderr) that a page was full and more messages wait."""
-        self.note(f"elipc: more messages are waiting on {channel}; read again")
+        """Tell a person (on stderr) that a page was full and more messages wait. Said only
+        to a terminal: el merges a command's stderr into its event, which must stay pure
+        JSON, and a program reading the output simply reads again (the watermark waits)."""
+        if self.terminal:
+            self.note(f"elipc: more messages are waiting on {channel}; read again")
 
     def note(self, text: str) -> None:
         """One line on stderr."""
