@@ -123,6 +123,9 @@ def _define(sub: argparse.ArgumentParser, command: str) -> None:
         add("--as", dest="operator", required=True, help="the authorizing operator")
         add("--key", required=True, help="the operator's private key file (read locally)")
         add("--identity", default="", help="a secondary identifier (UUID, description)")
+    elif command == "mcp":
+        add("--agent", required=True, help="the agent this server is: it sends and reads as it")
+        add("--key", help="the agent's private key file, to sign (required in secure mode)")
     elif command == "serve":
         add("port", nargs="?", help="port number or Twisted endpoint (default IPC_PORT)")
 
@@ -141,6 +144,7 @@ HELP: dict[str, str] = {
     "prune": "prune --older-than 7d: delete old messages",
     "agent-card": "agent-card: print the A2A agent card",
     "serve": "serve [port]: run the HTTP server",
+    "mcp": "mcp --agent NAME [--key F]: an MCP server on stdio for one agent (the mcp extra)",
 }
 
 GLOBAL_OPTIONS: list[Setting] = options_for("cli")

@@ -268,6 +268,13 @@ def cmd_serve(ctx: Context) -> None:
     run(port=ctx.args.port, db_path=ctx.args.db)
 
 
+def cmd_mcp(ctx: Context) -> None:
+    """Serve MCP on stdio for one agent (the mcp SDK loads only here)."""
+    from elipc.cli.mcp import serve_local
+
+    serve_local(ctx)
+
+
 COMMANDS: dict[str, Callable[[Context], None]] = {
     "send": cmd_send,
     "read": cmd_read,
@@ -281,4 +288,5 @@ COMMANDS: dict[str, Callable[[Context], None]] = {
     "agent-card": cmd_agent_card,
     "serve": cmd_serve,
     "follow": follow_local,
+    "mcp": cmd_mcp,
 }

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 REMOTE_COMMANDS = ("send", "read", "channels", "agents", "agent-card", "history", "register",
-                   "follow")
+                   "follow", "mcp")
 T = TypeVar("T")
 
 
@@ -170,9 +170,16 @@ def _register(remote: Remote, args: argparse.Namespace, content: str | None) -> 
                                                    agent_identity)))
 
 
+def _mcp(remote: Remote, args: argparse.Namespace) -> None:
+    from elipc.cli.mcp import serve_remote  # the mcp SDK loads only here
+
+    serve_remote(remote, args)
+
+
 Command = Callable[[Remote, argparse.Namespace, "str | None"], None]
 COMMANDS: dict[str, Command] = {
     "send": _send, "read": _read, "channels": _channels, "agents": _agents,
     "agent-card": _agent_card, "history": _history, "register": _register,
     "follow": lambda remote, args, content: follow_remote(remote, args),
+    "mcp": lambda remote, args, content: _mcp(remote, args),
 }
