@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import types
-from collections.abc import Callable
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
