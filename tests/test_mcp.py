@@ -16,6 +16,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.clirun import process_env, run_cli
+from tests.test_e2e import ServerCase
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = {"send", "read", "wait", "ack", "history", "channels", "agents"}
@@ -27,6 +28,8 @@ Body = Callable[[ClientSession], Awaitable[None]]
 class McpCase(SynchronousTestCase):
     """A temporary database and a way to talk to `elipc mcp` processes on it."""
 
+    server_url = ""
+
     def setUp(self) -> None:
         """A fresh directory and database for each test."""
         self.dir = os.path.abspath(self.mktemp())
@@ -35,8 +38,10 @@ class McpCase(SynchronousTestCase):
 
     @contextlib.asynccontextmanager
     async def server(self, *args: str) -> AsyncIterator[ClientSession]:
-        """An initialized client session with `elipc mcp ARGS` on this test's database."""
-        env = process_env(self.db, PYTHONPATH=REPO)
+        """An initialized client session with `elipc mcp ARGS` on this test's database (or
+        on the server at `self.server_url`, when a test sets one)."""
+        extra = {"IPC_SERVER_URL": self.server_url} if self.server_url else {}
+        env = process_env(self.db, PYTHONPATH=REPO, **extra)
         params = StdioServerParameters(command=sys.executable, cwd=self.dir, env=env,
                                        args=["-m", "elipc", "mcp", *args])
         with open(os.path.join(self.dir, "server.err"), "w") as errlog:
@@ -209,3 +214,22 @@ class SecureTests(McpCase):
             self.assertIn("--key", result.content[0].text)  # type: ignore[union-attr]
         self.drive(body)
         self.assertEqual(self.cli_read(agent="reader"), [])
+
+
+class RemoteTests(ServerCase, McpCase):
+    """`elipc mcp` with a server URL works through the real `twist elipc`."""
+
+    def test_send_read_wait_through_a_server(self) -> None:
+        """Sends, reads (moving the server's watermark) and a timed-out wait, over HTTP."""
+        self.twist()
+        self.server_url = self.base
+
+        async def body(session: ClientSession) -> None:
+            sent = answer(await session.call_tool("send", {"channel": "ch", "content": "hi"}))
+            self.assertEqual(sent, {"id": 1, "channel": "ch"})
+            got = answer(await session.call_tool("read", {"channel": "ch"}))
+            self.assertEqual([m["content"] for m in got["messages"]], ["hi"])
+            waited = answer(await session.call_tool("wait", {"channel": "ch", "timeout": 1}))
+            self.assertEqual(waited["messages"], [])
+        self.drive(body)
+        self.assertEqual(self.cli_read(), [])
