@@ -84,8 +84,12 @@ class CliResult:
 
 
 def cli_env(db_path: str | None, **extra: str) -> dict[str, str]:
-    """The environment for a CLI run against `db_path`, isolated from the caller's IPC_*."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IPC_")}
+    """The environment for a CLI run against `db_path`, isolated from the caller's IPC_*.
+
+    Processes may cache their bytecode (an environment that forbids it would have every
+    process the tests start compile elipc and its dependencies' sources anew)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("IPC_") and k != "PYTHONDONTWRITEBYTECODE"}
     if db_path is not None:
         env["IPC_DB_PATH"] = db_path
     env.update(extra)
