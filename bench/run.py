@@ -365,6 +365,45 @@ def follow_latency(db_path: str, rounds: int) -> dict[str, str]:
             f"{ms(percentile(latencies, 50))} / {ms(percentile(latencies, 99))}"}
 
 
+async def mcp_latency(db_path: str, rounds: int) -> dict[str, str]:
+    """`elipc mcp` through the MCP SDK's stdio client: a send's round trip, and a pending
+    `wait` woken by another process's commit (the bench's own sqlite3 connection)."""
+    from mcp.client.session import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    env = {**BASE_ENV, "IPC_DB_PATH": db_path}
+    params = StdioServerParameters(command=os.path.join(BIN, "elipc"),
+                                   args=["mcp", "--agent", "r"], env=env)
+    sends, wakes = [], []
+    with open(os.devnull, "w") as quiet:
+        async with stdio_client(params, errlog=quiet) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                for _ in range(rounds):
+                    started = time.perf_counter()
+                    await session.call_tool("send", {"channel": "bench", "content": "x"})
+                    sends.append(time.perf_counter() - started)
+                await session.call_tool("read", {"channel": "bench"})
+                conn = sqlite3.connect(db_path, isolation_level=None)
+                try:
+                    for i in range(max(10, rounds // 4)):
+                        waiting = asyncio.ensure_future(
+                            session.call_tool("wait", {"channel": "woken", "timeout": 30}))
+                        await asyncio.sleep(0.05)  # parked by now
+                        conn.execute("INSERT INTO messages (channel, sender, content, "
+                                     "created_at) VALUES ('woken', 'w', ?, ?)",
+                                     (f"m{i}", time.time()))
+                        committed = time.perf_counter()
+                        await waiting
+                        wakes.append(time.perf_counter() - committed)
+                finally:
+                    conn.close()
+    return {"MCP tools/call send round trip, p50 / p99":
+            f"{ms(percentile(sends, 50))} / {ms(percentile(sends, 99))}",
+            "MCP wait woken by another process's commit, p50 / p99":
+            f"{ms(percentile(wakes, 50))} / {ms(percentile(wakes, 99))}"}
+
+
 def cli_median(argv: list[str], env: dict[str, str], rounds: int) -> float:
     """The median wall time of `elipc ARGV` as a whole process."""
     times = []
@@ -442,6 +481,7 @@ def run_all(work: str, scale: float) -> dict[str, str]:
     rows.update(cli_startup(os.path.join(work, "cli.db"), n(30)))
     rows.update(cli_wait_wake(os.path.join(work, "cli.db"), n(20)))
     rows.update(follow_latency(os.path.join(work, "follow.db"), n(200)))
+    rows.update(asyncio.run(mcp_latency(os.path.join(work, "mcp.db"), n(200))))
     with_server("sends.db",
                 lambda s: _now(cli_remote_send(s, os.path.join(work, "cli.db"), n(30))),
                 lambda s: _now(sequential_sends(s.port, n(5000))),
