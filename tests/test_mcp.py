@@ -16,6 +16,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.clirun import process_env, run_cli
+from tests.helpers import temp_dir
 from tests.test_e2e import ServerCase
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,8 +33,7 @@ class McpCase(SynchronousTestCase):
 
     def setUp(self) -> None:
         """A fresh directory and database for each test."""
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
+        self.dir = temp_dir(self)
         self.db = os.path.join(self.dir, "ipc.db")
 
     @contextlib.asynccontextmanager

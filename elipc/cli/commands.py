@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from elipc import store
-from elipc.cli.context import CommandError, Context, message_content
+from elipc.cli.context import CommandError, Context, explain_refused_send, message_content
 from elipc.cli.follow import follow_local
 from elipc.cli.system import Clock
 from elipc.config import parse_duration, prepare_db_location
@@ -66,7 +66,8 @@ def cmd_send(ctx: Context) -> None:
     try:
         accepted = accept_message(conn, channel, sender, content, signed, now, policy)
     except Rejected as e:
-        raise CommandError(_explain_rejection(str(e), args.key, sender)) from None
+        raise CommandError(explain_refused_send(str(e), args.key, sender,
+                                                "pass --key <private key file>")) from None
     if signed.nonce:
         forget_expired(conn, now, policy)
     ctx.console.sent(accepted.id, channel, bool(args.key))
@@ -77,14 +78,6 @@ def _sign(key_file: str, channel: str, sender: str, content: str, timestamp: int
 
     return identity.sign_send(identity.load_private_key(key_file), channel, sender, content,
                               timestamp)
-
-
-def _explain_rejection(reason: str, key_file: str | None, sender: str) -> str:
-    if not key_file:
-        return f"{reason}: pass --key <private key file>"
-    if reason == "invalid signature":
-        return f"{reason}: {key_file} is not the registered key of '{sender}'"
-    return reason
 
 
 def cmd_read(ctx: Context) -> None:

@@ -44,3 +44,13 @@ def _content(words: list[str], limit: int, console: Console) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise CommandError("content is not valid UTF-8") from None
+
+
+def explain_refused_send(reason: str, key_file: str | None, sender: str, no_key: str) -> str:
+    """A secure-mode refusal of a local send, with what to do about it: `no_key` when no key
+    was given, or which key is wrong."""
+    if not key_file:
+        return f"{reason}: {no_key}"
+    if reason == "invalid signature":
+        return f"{reason}: {key_file} is not the registered key of '{sender}'"
+    return reason

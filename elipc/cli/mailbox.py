@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
-from elipc.cli.context import CommandError, Context
+from elipc.cli.context import CommandError, Context, explain_refused_send
 from elipc.model import (
     UNSIGNED,
     Message,
@@ -78,14 +78,6 @@ def _shape(channel: str, message: Message) -> dict[str, object]:
     return shape
 
 
-def _explain(reason: str, key_file: str | None, agent: str) -> str:
-    if not key_file:
-        return f"{reason}: start elipc mcp with --key <the agent's private key file>"
-    if reason == "invalid signature":
-        return f"{reason}: {key_file} is not the registered key of '{agent}'"
-    return reason
-
-
 # -- on the local database ------------------------------------------------------------------
 
 
@@ -115,7 +107,9 @@ class LocalMailbox:
                 accepted = accept_message(self.conn, channel, self.agent, content, signed, now,
                                           self.policy)
             except Rejected as e:
-                raise CommandError(_explain(str(e), self.key_file, self.agent)) from None
+                raise CommandError(explain_refused_send(
+                    str(e), self.key_file, self.agent,
+                    "start elipc mcp with --key <the agent's private key file>")) from None
             if signed.nonce:
                 forget_expired(self.conn, now, self.policy)
         return {"id": accepted.id, "channel": channel}
