@@ -96,6 +96,16 @@ class Message(NamedTuple):
                    shape.get("signature") or "", shape.get("signed_timestamp"),
                    shape.get("nonce"))
 
+    def as_cut_json(self, max_chars: int) -> dict[str, object]:
+        """`as_json`, with content over `max_chars` cut: then `truncated`, the whole
+        `content_length`, and `full`, the command that prints the message whole."""
+        shape = self.as_json()
+        if len(self.content) > max_chars:
+            shape.update(content=self.content[:max_chars], truncated=True,
+                         content_length=len(self.content),
+                         full=f"elipc history {self.channel} --after-id {self.id - 1} --limit 1")
+        return shape
+
     def as_json(self) -> dict[str, object]:
         """el-ipc's shape (id, sender, content, timestamp, `signed` when signed), plus what a
         reader needs to verify: signature, and for elipc/2 signatures signed_timestamp, nonce.

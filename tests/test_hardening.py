@@ -142,34 +142,35 @@ class BoundsTests(RawCase):
         protocol.dataReceived(b"x" * 10_000 + b"\r\n0\r\n\r\n")
         self.assertEqual(len(transport.value()), written)
 
-    def test_trickled_head_times_out(self) -> None:
-        """A request head still incomplete HEAD_TIMEOUT_S after its first byte is a 408,
-        however steadily its bytes trickle in."""
+    def trickle(self, start: bytes, byte: bytes, bound: float) -> tuple[str, StringTransport]:
+        """Send `start`, then `byte` every second until `bound` has passed: nothing may be
+        answered before, a 408 must be at `bound`; return its error and the transport."""
         protocol, transport = self.connect()
-        protocol.dataReceived(b"GET /health HTTP/1.1\r\nX-Slow: ")
-        for _ in range(int(HEAD_TIMEOUT_S) - 1):
+        protocol.dataReceived(start)
+        for _ in range(int(bound) - 1):
             self.server.clock.advance(1)
-            protocol.dataReceived(b"a")
+            protocol.dataReceived(byte)
         self.assertEqual(transport.value(), b"")
         self.server.clock.advance(1)
         [(status, _, body)] = responses(transport.value())
         self.assertEqual(status, 408)
-        self.assertIn(f"within {HEAD_TIMEOUT_S:g} s", json.loads(body)["error"])
+        return json.loads(body)["error"], transport
+
+    def test_trickled_head_times_out(self) -> None:
+        """A request head still incomplete HEAD_TIMEOUT_S after its first byte is a 408,
+        however steadily its bytes trickle in."""
+        error, transport = self.trickle(b"GET /health HTTP/1.1\r\nX-Slow: ", b"a",
+                                        HEAD_TIMEOUT_S)
+        self.assertIn(f"within {HEAD_TIMEOUT_S:g} s", error)
         self.assertTrue(transport.disconnecting)
 
     def test_slow_body_times_out(self) -> None:
         """A body still incomplete BODY_TIMEOUT_S after its head is a 408, however steadily
         its bytes trickle in."""
-        protocol, transport = self.connect()
-        protocol.dataReceived(b"POST /send HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{")
-        for _ in range(int(BODY_TIMEOUT_S) - 1):
-            self.server.clock.advance(1)
-            protocol.dataReceived(b" ")
-        self.assertEqual(transport.value(), b"")
-        self.server.clock.advance(1)
-        [(status, _, body)] = responses(transport.value())
-        self.assertEqual(status, 408)
-        self.assertIn("request body", json.loads(body)["error"])
+        error, _ = self.trickle(
+            b"POST /send HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{", b" ",
+            BODY_TIMEOUT_S)
+        self.assertIn("request body", error)
 
     def test_keep_alive_requests_each_get_their_own_deadline(self) -> None:
         """A connection that sends request after request within the bounds is never cut."""

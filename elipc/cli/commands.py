@@ -95,7 +95,7 @@ def cmd_read(ctx: Context) -> None:
             if page.more:
                 ctx.console.more_waiting(channel)
             return
-        if not args.wait or not _await_commit(ctx.clock, conn, version, deadline):
+        if not args.wait or not await_commit(ctx.clock, conn, version, deadline):
             break
     ctx.console.messages([])
 
@@ -122,7 +122,7 @@ def _public_key(conn: sqlite3.Connection, name: str) -> str | None:
     return entry.public_key if entry else None
 
 
-def _await_commit(clock: Clock, conn: sqlite3.Connection, version: int,
+def await_commit(clock: Clock, conn: sqlite3.Connection, version: int,
                   deadline: float) -> bool:
     """Sleep until another process commits (True) or the deadline passes (False)."""
     while clock.monotonic() < deadline:

@@ -39,12 +39,7 @@ def line(channel: str, message: Message, verified: bool | None = None) -> str:
     """One message as one JSON line: its channel and id, sender, content, timestamps and
     signature fields; over-long content cut, with `truncated`, its full length and the
     command that prints it whole."""
-    shape: dict[str, Any] = {"channel": channel, **message.as_json()}
-    if len(message.content) > MAX_LINE_CONTENT:
-        shape["content"] = message.content[:MAX_LINE_CONTENT]
-        shape["truncated"] = True
-        shape["content_length"] = len(message.content)
-        shape["full"] = f"elipc history {channel} --after-id {message.id - 1} --limit 1"
+    shape: dict[str, Any] = {"channel": channel, **message.as_cut_json(MAX_LINE_CONTENT)}
     if verified is not None:
         shape["verified"] = verified
     return json.dumps(shape) + "\n"
@@ -83,7 +78,7 @@ def follow_local(ctx: Context) -> None:
     """Follow on the local database: print each unread message, then move past it; sleep
     until another process commits when nothing is unread."""
     from elipc import store
-    from elipc.cli.commands import COMMIT_POLL_S, open_database
+    from elipc.cli.commands import await_commit, open_database
 
     channels, agent = channels_of(ctx.args)
     conn = open_database(ctx)
@@ -93,8 +88,7 @@ def follow_local(ctx: Context) -> None:
         version = store.data_version(conn)
         if _drain_local(conn, channels, agent, printer, verify):
             continue
-        while store.data_version(conn) == version:
-            ctx.clock.sleep(COMMIT_POLL_S)
+        await_commit(ctx.clock, conn, version, float("inf"))
 
 
 def _drain_local(conn: sqlite3.Connection, channels: list[str], agent: str, printer: Printer,

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+from elipc.cli.commands import COMMIT_POLL_S
 from elipc.cli.context import CommandError, Context, explain_refused_send
 from elipc.model import (
     UNSIGNED,
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
 # An answer stays well under Claude Code's MCP output limit (about 25,000 tokens).
 MAX_ANSWER_MESSAGES = 50
 MAX_ANSWER_CHARS = 60_000
-# A waiting call looks for another process's commit this often (PRAGMA data_version).
-COMMIT_POLL_S = 0.01
 Answer = dict[str, Any]
 
 
@@ -65,17 +64,8 @@ def fit(messages: list[Message]) -> list[Message]:
 def page_answer(channel: str, messages: list[Message], more: bool) -> Answer:
     """A page of messages as a tool's answer; content too long for one answer is cut and
     says so (its length, and the command that prints it whole)."""
-    return {"channel": channel, "messages": [_shape(channel, m) for m in messages],
+    return {"channel": channel, "messages": [m.as_cut_json(MAX_ANSWER_CHARS) for m in messages],
             "more": more}
-
-
-def _shape(channel: str, message: Message) -> dict[str, object]:
-    shape = message.as_json()
-    if len(message.content) > MAX_ANSWER_CHARS:
-        shape.update(content=message.content[:MAX_ANSWER_CHARS], truncated=True,
-                     content_length=len(message.content),
-                     full=f"elipc history {channel} --after-id {message.id - 1} --limit 1")
-    return shape
 
 
 # -- on the local database ------------------------------------------------------------------
@@ -142,7 +132,7 @@ class LocalMailbox:
             while self._unchanged(version) and self.clock.monotonic() < deadline:
                 if cancelled.is_set():
                     break
-                self.clock.sleep(COMMIT_POLL_S)
+                self.clock.sleep(COMMIT_POLL_S)  # as read --wait
             if self.clock.monotonic() >= deadline:
                 break
         return page_answer(check_name(channel, "channel"), [], False)
