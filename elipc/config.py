@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from elipc.model import ConfigError
+from elipc.model import ConfigError, ElipcError
 
 LEGACY_DB_PATH = "/tmp/el-ipc.db"
 
@@ -56,6 +56,21 @@ def parse_positive(text: str, name: str) -> int:
     if number <= 0:
         raise ConfigError(f"{name} must be positive, not {number}")
     return number
+
+
+def parse_name(text: str, name: str) -> str:
+    """An agent's name (as check_name has it)."""
+    from elipc.model import check_name
+
+    try:
+        return check_name(text.strip(), name)
+    except ElipcError as e:
+        raise ConfigError(str(e)) from None
+
+
+def parse_names(text: str, name: str) -> tuple[str, ...]:
+    """Channel names separated by commas (blanks around them ignored)."""
+    return tuple(parse_name(part, name) for part in text.split(",") if part.strip())
 
 
 def parse_flag(text: str, name: str) -> bool:
@@ -192,6 +207,17 @@ TABLE: tuple[Setting, ...] = (
             "delete messages older than this (`7d`, `12h`, seconds)"),
     Setting("server_url", "IPC_SERVER_URL", "server", parse_text, "", "none",
             "make the CLI a client of this server", fronts=("cli",)),
+    # Who a session is, for the commands that act as one agent (mcp, follow, inbox): set once
+    # (for example in Claude Code's settings), not repeated on every command line.
+    Setting("agent", "IPC_AGENT", None, parse_name, "", "none",
+            "the agent `mcp`, `follow` and `inbox` act as when `--agent` is not given",
+            fronts=("cli",)),
+    Setting("key_file", "IPC_KEY_FILE", None, parse_text, "", "none",
+            "IPC_AGENT's private key file (signs its sends and reads in secure mode)",
+            fronts=("cli",)),
+    Setting("channels", "IPC_CHANNELS", None, parse_names, (), "none",
+            "channels (comma-separated) `inbox` and the Stop hook look at when none are named",
+            fronts=("cli",)),
 )
 
 BY_NAME = {setting.name: setting for setting in TABLE}
@@ -215,6 +241,9 @@ class Settings(NamedTuple):
     strict_signatures: bool
     retention: float
     server_url: str
+    agent: str
+    key_file: str
+    channels: tuple[str, ...]
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None,

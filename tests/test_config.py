@@ -122,8 +122,10 @@ class SettingsTableTests(SynchronousTestCase):
         for setting in config.TABLE:
             if setting.env is None or setting.parse is config.parse_text:
                 continue
+            bad = {config.parse_name: "a\x01b", config.parse_names: "ok,a\x01b"}.get(
+                setting.parse, "not-a-value")
             with self.assertRaises(ConfigError) as caught:
-                Settings.load({setting.env: "not-a-value"})
+                Settings.load({setting.env: bad})
             self.assertIn(setting.env, str(caught.exception))
 
     def test_options_come_from_the_table(self) -> None:
@@ -133,3 +135,10 @@ class SettingsTableTests(SynchronousTestCase):
         server = {row[0] for row in Options.optParameters} | {row[0] for row in Options.optFlags}
         self.assertEqual(server, {s.option for s in config.options_for("server")})
         self.assertEqual({s.option for s in config.options_for("cli")}, {"db", "server"})
+
+    def test_channels_are_a_comma_separated_list(self) -> None:
+        """IPC_CHANNELS: names between commas, blanks ignored; IPC_AGENT: one name."""
+        settings = Settings.load({"IPC_CHANNELS": " review, ops,,", "IPC_AGENT": " alice "})
+        self.assertEqual(settings.channels, ("review", "ops"))
+        self.assertEqual(settings.agent, "alice")
+        self.assertEqual(Settings.load({}).channels, ())

@@ -30,6 +30,7 @@ class McpCase(SynchronousTestCase):
     """A temporary database and a way to talk to `elipc mcp` processes on it."""
 
     server_url = ""
+    environ: dict[str, str] = {}
 
     def setUp(self) -> None:
         """A fresh directory and database for each test."""
@@ -41,6 +42,7 @@ class McpCase(SynchronousTestCase):
         """An initialized client session with `elipc mcp ARGS` on this test's database (or
         on the server at `self.server_url`, when a test sets one)."""
         extra = {"IPC_SERVER_URL": self.server_url} if self.server_url else {}
+        extra.update(self.environ)
         env = process_env(self.db, PYTHONPATH=REPO, **extra)
         params = StdioServerParameters(command=sys.executable, cwd=self.dir, env=env,
                                        args=["-m", "elipc", "mcp", *args])
@@ -51,9 +53,13 @@ class McpCase(SynchronousTestCase):
                     yield session
 
     def drive(self, body: Body, *args: str) -> None:
-        """Run `body` against a server for agent herald, failing instead of hanging."""
+        """Run `body` against `elipc mcp ARGS` (default: for agent herald; only when
+        self.environ names the agent may ARGS be empty), failing instead of hanging."""
+        if not args and "IPC_AGENT" not in self.environ:
+            args = ("--agent", "herald")
+
         async def run() -> None:
-            async with self.server(*(args or ("--agent", "herald"))) as session:
+            async with self.server(*args) as session:
                 await body(session)
         asyncio.run(asyncio.wait_for(run(), TEST_TIMEOUT_S))
 
@@ -99,6 +105,28 @@ class ToolListTests(McpCase):
         self.assertEqual(result.code, 1)
         self.assertEqual(result.err.strip().splitlines(),
                          ["elipc: elipc mcp needs the mcp extra: pip install 'elipc[mcp]'"])
+
+
+class ListingTests(SynchronousTestCase):
+    def test_pages_by_name(self) -> None:
+        """channels and agents answer pages in name order, under the entry and size limits,
+        with `more` until the last page."""
+        from elipc.cli import mailbox
+
+        entries = [{"channel": f"c{i:03}", "count": i} for i in range(5)]
+        with mock.patch.multiple(mailbox, MAX_LIST_ENTRIES=2):
+            first = mailbox.listing("channels", "channel", entries[::-1], "")
+            self.assertEqual([e["channel"] for e in first["channels"]], ["c000", "c001"])
+            self.assertTrue(first["more"])
+            last = mailbox.listing("channels", "channel", entries, "c002")
+            self.assertEqual([e["channel"] for e in last["channels"]], ["c003", "c004"])
+            self.assertFalse(last["more"])
+        big = [{"name": f"a{i}", "public_key": "k" * 25_000} for i in range(4)]
+        page = mailbox.listing("agents", "name", big, "")
+        self.assertEqual(len(page["agents"]), 2)  # a third would pass MAX_ANSWER_CHARS
+        self.assertTrue(page["more"])
+        alone = mailbox.listing("agents", "name", [{"name": "x", "k": "k" * 99_000}], "")
+        self.assertEqual(len(alone["agents"]), 1)  # one entry is always given
 
 
 class MessageTests(McpCase):
@@ -182,6 +210,8 @@ class WaitTests(McpCase):
             await asyncio.sleep(0.3)  # long enough for a wait still running to take it
             channels = answer(await session.call_tool("channels", {}))
             self.assertEqual([c["channel"] for c in channels["channels"]], ["ch"])
+            after = answer(await session.call_tool("channels", {"after": "ch"}))
+            self.assertEqual(after, {"channels": [], "more": False})
         self.drive(body)
         self.assertEqual([m["content"] for m in self.cli_read()], ["later"])
 
@@ -197,12 +227,18 @@ class SecureTests(McpCase):
             self.assertEqual(result.code, 0, result.err)
 
     def test_send_signs(self) -> None:
-        """With --key, send signs as the agent and the secure database accepts it."""
+        """Bound by IPC_AGENT and IPC_KEY_FILE (as the plugin's .mcp.json binds it), send
+        signs as the agent and the secure database accepts it."""
+        self.environ = {"IPC_AGENT": "herald",
+                        "IPC_KEY_FILE": os.path.join(self.dir, "herald.key")}
+
         async def body(session: ClientSession) -> None:
             answer(await session.call_tool("send", {"channel": "ch", "content": "signed"}))
             agents = answer(await session.call_tool("agents", {}))["agents"]
-            self.assertEqual({a["name"] for a in agents}, {"op", "herald"})
-        self.drive(body, "--agent", "herald", "--key", os.path.join(self.dir, "herald.key"))
+            self.assertEqual([a["name"] for a in agents], ["herald", "op"])
+            rest = answer(await session.call_tool("agents", {"after": "herald"}))["agents"]
+            self.assertEqual([a["name"] for a in rest], ["op"])
+        self.drive(body)
         [message] = self.cli_read(agent="reader")
         self.assertEqual((message["sender"], message.get("signed")), ("herald", True))
 

@@ -15,7 +15,13 @@ from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING
 
 from elipc.cli.arguments import global_options, parse
-from elipc.cli.context import CommandError, Context, message_content
+from elipc.cli.context import (
+    AGENT_COMMANDS,
+    CommandError,
+    Context,
+    message_content,
+    resolve_agent,
+)
 from elipc.cli.output import Console
 from elipc.cli.system import Clock, SystemClock
 from elipc.config import Settings
@@ -64,6 +70,13 @@ def _process_stdin() -> IO[bytes]:
 
 
 def _run(ctx: Context, transport: Transport | None) -> int:
+    if ctx.args.command in AGENT_COMMANDS:
+        resolve_agent(ctx)
+    if ctx.args.command == "inbox":
+        from elipc.cli.inbox import prepare
+
+        if not prepare(ctx):
+            return 0
     if ctx.settings.server_url and ctx.args.command not in LOCAL_ONLY:
         return _remote(ctx, transport)
     from elipc.cli.commands import COMMANDS  # the store and sqlite3: local mode only

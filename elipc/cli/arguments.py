@@ -26,6 +26,9 @@ from elipc.model import ConfigError
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
 
+# The Claude Code hooks `elipc inbox --hook` answers.
+HOOKS = ("stop",)
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse writing to given streams; a usage error is one line (exit 2), not a dump."""
@@ -99,12 +102,22 @@ def _define(sub: argparse.ArgumentParser, command: str) -> None:
         add("--key", help="remote mode: the agent's key, to sign the read (secure mode)")
     elif command == "follow":
         add("channels", nargs="+", metavar="channel")
-        add("--agent", required=True, help="the agent whose watermarks move")
+        add("--agent", help="the agent whose watermarks move (default IPC_AGENT)")
         add("--verify", action="store_true",
             help="check each signature against the directory; adds \"verified\"")
         add("--count", type=_page_size, default=0,
             help="stop after this many messages (default: run until stopped)")
-        add("--key", help="remote mode: the agent's key, to sign reads and acks")
+        add("--key", help="remote mode: the agent's key, to sign reads and acks "
+                          "(default IPC_KEY_FILE, for IPC_AGENT)")
+    elif command == "inbox":
+        add("channels", nargs="*", metavar="channel",
+            help="the channels to count (default IPC_CHANNELS)")
+        add("--agent", help="whose unread messages (default IPC_AGENT)")
+        add("--hook", choices=HOOKS, help="run as Claude Code's Stop hook: read its JSON on "
+                                          "stdin, answer a decision; off until IPC_AGENT and "
+                                          "IPC_CHANNELS are set")
+        add("--key", help="remote mode, secure: the agent's key, to sign the counts "
+                          "(default IPC_KEY_FILE, for IPC_AGENT)")
     elif command == "history":
         add("channel")
         add("--after-id", type=int, default=0, help="only messages with a higher id")
@@ -124,8 +137,10 @@ def _define(sub: argparse.ArgumentParser, command: str) -> None:
         add("--key", required=True, help="the operator's private key file (read locally)")
         add("--identity", default="", help="a secondary identifier (UUID, description)")
     elif command == "mcp":
-        add("--agent", required=True, help="the agent this server is: it sends and reads as it")
-        add("--key", help="the agent's private key file, to sign (required in secure mode)")
+        add("--agent", help="the agent this server is: it sends and reads as it "
+                            "(default IPC_AGENT)")
+        add("--key", help="the agent's private key file, to sign (required in secure mode; "
+                          "default IPC_KEY_FILE, for IPC_AGENT)")
     elif command == "serve":
         add("port", nargs="?", help="port number or Twisted endpoint (default IPC_PORT)")
 
@@ -135,6 +150,8 @@ HELP: dict[str, str] = {
     "read": "read <channel> <agent> [--wait [--timeout S]] [--verify]: read",
     "follow": "follow <channel>... --agent NAME [--verify] [--count N]: one JSON line per "
               "new message, until stopped",
+    "inbox": "inbox [<channel>...] [--agent NAME] [--hook stop]: unread counts, moving "
+             "nothing",
     "channels": "channels: list channels",
     "seed": "seed <name> [--out P]: create an operator keypair",
     "keygen": "keygen [--out P]: generate an Ed25519 keypair",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from elipc import store
 from elipc.cli.context import CommandError, Context, explain_refused_send, message_content
 from elipc.cli.follow import follow_local
+from elipc.cli.inbox import inbox_local
 from elipc.cli.system import Clock
 from elipc.config import parse_duration, prepare_db_location
 from elipc.model import (
@@ -282,4 +283,5 @@ COMMANDS: dict[str, Callable[[Context], None]] = {
     "serve": cmd_serve,
     "follow": follow_local,
     "mcp": cmd_mcp,
+    "inbox": inbox_local,
 }

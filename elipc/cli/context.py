@@ -17,6 +17,11 @@ class CommandError(ElipcError):
     """A command cannot do what was asked; the message says why."""
 
 
+# The commands that act as one agent: --agent, else IPC_AGENT; its key --key, else
+# IPC_KEY_FILE (only when the agent is IPC_AGENT: that key is IPC_AGENT's).
+AGENT_COMMANDS = ("follow", "mcp", "inbox")
+
+
 class Context:
     """One run of one command: its arguments, its settings, its streams and its clock."""
 
@@ -25,6 +30,18 @@ class Context:
     def __init__(self, args: argparse.Namespace, settings: Settings, console: Console,
                  clock: Clock) -> None:
         self.args, self.settings, self.console, self.clock = args, settings, console, clock
+
+
+def resolve_agent(ctx: Context) -> None:
+    """Fill in the agent and its key of an agent command from the settings."""
+    args, settings = ctx.args, ctx.settings
+    if not args.agent:
+        if not settings.agent and getattr(args, "hook", None) is None:
+            raise CommandError(f"{args.command} acts as an agent: pass --agent NAME or set "
+                               "IPC_AGENT")
+        args.agent = settings.agent or None
+    if not args.key and settings.key_file and args.agent == settings.agent:
+        args.key = settings.key_file
 
 
 def message_content(ctx: Context) -> str:

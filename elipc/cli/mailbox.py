@@ -4,6 +4,7 @@ mcp.py runs these in threads.
 """
 
 import contextlib
+import json
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 # An answer stays well under Claude Code's MCP output limit (about 25,000 tokens).
 MAX_ANSWER_MESSAGES = 50
 MAX_ANSWER_CHARS = 60_000
+MAX_LIST_ENTRIES = 200
 Answer = dict[str, Any]
 
 
@@ -42,8 +44,8 @@ class Mailbox(Protocol):
                   cancelled: threading.Event) -> Answer: ...
     def ack(self, channel: str, up_to: int) -> Answer: ...
     def history(self, channel: str, after_id: int, limit: int) -> Answer: ...
-    def channels(self) -> Answer: ...
-    def agents(self) -> Answer: ...
+    def channels(self, after: str) -> Answer: ...
+    def agents(self, after: str) -> Answer: ...
 
 
 # -- answers --------------------------------------------------------------------------------
@@ -66,6 +68,21 @@ def page_answer(channel: str, messages: list[Message], more: bool) -> Answer:
     says so (its length, and the command that prints it whole)."""
     return {"channel": channel, "messages": [m.as_cut_json(MAX_ANSWER_CHARS) for m in messages],
             "more": more}
+
+
+def listing(kind: str, key: str, entries: list[dict[str, Any]], after: str) -> Answer:
+    """A page of a directory-like list (channels, agents) in name order, after the name
+    `after`: at most MAX_LIST_ENTRIES or about MAX_ANSWER_CHARS of JSON; `more` says more
+    follow (ask again with after set to the last name)."""
+    entries = sorted((e for e in entries if str(e[key]) > after), key=lambda e: str(e[key]))
+    kept: list[dict[str, Any]] = []
+    size = 0
+    for entry in entries[:MAX_LIST_ENTRIES]:
+        size += len(json.dumps(entry))
+        if kept and size > MAX_ANSWER_CHARS:
+            break
+        kept.append(entry)
+    return {kind: kept, "more": len(kept) < len(entries)}
 
 
 # -- on the local database ------------------------------------------------------------------
@@ -161,19 +178,20 @@ class LocalMailbox:
             page = store.history_page(self.conn, channel, after_id, limit)
         return _history_answer(channel, page)
 
-    def channels(self) -> Answer:
-        """Every channel with its message count and last message time."""
+    def channels(self, after: str) -> Answer:
+        """Channels with their message count and last message time, by name after `after`."""
         from elipc import store
 
         with self.lock:
-            return {"channels": store.list_channels(self.conn)}
+            return listing("channels", "channel", store.list_channels(self.conn), after)
 
-    def agents(self) -> Answer:
-        """The directory: operators and agents with their public keys."""
+    def agents(self, after: str) -> Answer:
+        """The directory (operators and agents with their public keys), by name."""
         from elipc import store
 
         with self.lock:
-            return {"agents": [a.as_json() for a in store.list_agents(self.conn)]}
+            entries = [a.as_json() for a in store.list_agents(self.conn)]
+        return listing("agents", "name", entries, after)
 
 
 def _history_answer(channel: str, page: Page) -> Answer:
@@ -241,12 +259,12 @@ class RemoteMailbox:
         with self._connection() as remote:
             return _history_answer(channel, remote(remote.api.history(channel, after_id, limit)))
 
-    def channels(self) -> Answer:
-        """Every channel with its message count and last message time."""
+    def channels(self, after: str) -> Answer:
+        """Channels with their message count and last message time, by name after `after`."""
         with self._connection() as remote:
-            return {"channels": remote(remote.api.channels())}
+            return listing("channels", "channel", remote(remote.api.channels()), after)
 
-    def agents(self) -> Answer:
-        """The directory, with public keys and did:keys."""
+    def agents(self, after: str) -> Answer:
+        """The directory, with public keys and did:keys, by name after `after`."""
         with self._connection() as remote:
-            return {"agents": remote(remote.api.agents())}
+            return listing("agents", "name", remote(remote.api.agents()), after)

@@ -19,6 +19,7 @@ from elipc.cli.context import CommandError, Context
 from elipc.cli.mailbox import (
     MAX_ANSWER_CHARS,
     MAX_ANSWER_MESSAGES,
+    MAX_LIST_ENTRIES,
     Answer,
     LocalMailbox,
     Mailbox,
@@ -140,13 +141,16 @@ def build_server(mailbox: Mailbox, clock: Clock) -> "MCPServer[Any]":
             limit: Limit = MAX_ANSWER_MESSAGES) -> Answer:
         return await call(mailbox.history, channel, after_id, limit)
 
+    After = Annotated[str, Field(description=(
+        "only names after this one (the last name of the previous answer when it said more)"))]
+
     @server.tool(description=DESCRIPTIONS["channels"])
-    async def channels() -> Answer:
-        return await call(mailbox.channels)
+    async def channels(after: After = "") -> Answer:
+        return await call(mailbox.channels, after)
 
     @server.tool(description=DESCRIPTIONS["agents"])
-    async def agents() -> Answer:
-        return await call(mailbox.agents)
+    async def agents(after: After = "") -> Answer:
+        return await call(mailbox.agents, after)
 
     return server
 
@@ -173,7 +177,10 @@ DESCRIPTIONS = {
     "history": "A channel's messages after `after_id`, oldest first, whoever they were for. "
                "Moves no watermark; does not block. `more` says more follow: ask again with "
                "after_id set to the last id.",
-    "channels": "Every channel with its message count and last message time. Moves nothing.",
-    "agents": "The directory: operators and registered agents, with their public keys. "
-              "Moves nothing.",
+    "channels": "Channels with their message count and last message time, in name order. "
+                "Moves nothing; does not block. `more` says more follow: ask again with "
+                f"after set to the last channel's name (at most {MAX_LIST_ENTRIES} a page).",
+    "agents": "The directory: operators and registered agents with their public keys, in "
+              "name order. Moves nothing; does not block. `more` says more follow: ask again "
+              "with after set to the last name.",
 }

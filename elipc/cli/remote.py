@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from elipc.cli.follow import follow_remote
+from elipc.cli.inbox import inbox_remote
 from elipc.cli.output import Console
 from elipc.cli.system import Clock
 from elipc.cli.transport import HttpTransport, Transport, perform
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 REMOTE_COMMANDS = ("send", "read", "channels", "agents", "agent-card", "history", "register",
-                   "follow", "mcp")
+                   "follow", "mcp", "inbox")
 T = TypeVar("T")
 
 
@@ -182,4 +183,5 @@ COMMANDS: dict[str, Command] = {
     "agent-card": _agent_card, "history": _history, "register": _register,
     "follow": lambda remote, args, content: follow_remote(remote, args),
     "mcp": lambda remote, args, content: _mcp(remote, args),
+    "inbox": lambda remote, args, content: inbox_remote(remote, args),
 }
