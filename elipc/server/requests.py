@@ -11,16 +11,9 @@ from urllib.parse import unquote_to_bytes
 
 from twisted.web.iweb import IRequest
 
+from elipc import wire
 from elipc.config import seconds_setting
-from elipc.identity import IdentityError, decode_signature, parse_public_key
-from elipc.model import (
-    UNSIGNED,
-    InvalidInput,
-    Signed,
-    check_name,
-    check_nonce,
-    check_timestamp,
-)
+from elipc.model import InvalidInput, Signed, check_name
 
 READ_HEADERS = (b"x-elipc-timestamp", b"x-elipc-nonce", b"x-elipc-signature")
 
@@ -110,14 +103,6 @@ def json_object(request: IRequest) -> dict[str, Any]:
     return body
 
 
-def required(body: dict[str, Any], field: str) -> Any:
-    """A send's or ack's required field (el-ipc's message when one is missing)."""
-    value = body.get(field)
-    if value is None or value == "":
-        raise InvalidInput("channel, sender, and content required")
-    return value
-
-
 def idempotency_key(request: IRequest, body: dict[str, Any]) -> str | None:
     """The send's idempotency key, from the Idempotency-Key header or the body's field."""
     header = request.getHeader(b"idempotency-key")
@@ -128,50 +113,14 @@ def idempotency_key(request: IRequest, body: dict[str, Any]) -> str | None:
     return None if key is None else check_name(key, "idempotency key")
 
 
-def signature(value: Any, field: str) -> str:
-    """A base64 Ed25519 signature, as sent."""
-    if not isinstance(value, str) or decode_signature(value) is None:
-        raise InvalidInput(f"{field} must be base64 of a 64-byte Ed25519 signature")
-    return value
-
-
-def send_signature(body: dict[str, Any]) -> Signed:
-    """A send's signature fields: none, el-ipc's signature alone, or elipc/2's three."""
-    sig, timestamp, nonce = body.get("signature"), body.get("timestamp"), body.get("nonce")
-    if sig in (None, ""):
-        if timestamp is not None or nonce is not None:
-            raise InvalidInput("timestamp and nonce come with a signature")
-        return UNSIGNED
-    if (timestamp is None) != (nonce is None):
-        raise InvalidInput("timestamp and nonce go together")
-    if timestamp is None:
-        return Signed(signature(sig, "signature"))
-    return Signed(signature(sig, "signature"), check_timestamp(timestamp), check_nonce(nonce))
-
-
 def read_signature(request: IRequest) -> Signed | None:
     """The X-Elipc-* headers of a signed read or ack, or None when there are none."""
-    values = [request.getHeader(name) for name in READ_HEADERS]
-    if all(v is None for v in values):
-        return None
-    if any(v is None for v in values):
-        raise InvalidInput("a signed read needs all of X-Elipc-Timestamp, X-Elipc-Nonce and "
-                           "X-Elipc-Signature")
-    timestamp, nonce, sig = (v.decode("ascii", "replace") for v in values if v is not None)
-    return Signed(signature(sig, "X-Elipc-Signature"), check_timestamp(timestamp),
-                  check_nonce(nonce))
+    return wire.read_signature(*(_header(request, name) for name in READ_HEADERS))
 
 
-def public_key(value: Any) -> str:
-    """A PEM Ed25519 public key, kept exactly as sent: the operator signed these very
-    characters."""
-    if not isinstance(value, str):
-        raise InvalidInput("public_key must be a PEM string")
-    try:
-        parse_public_key(value)
-    except IdentityError:
-        raise InvalidInput("public_key is not an Ed25519 public key (PEM)") from None
-    return value
+def _header(request: IRequest, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return None if value is None else value.decode("ascii", "replace")
 
 
 def up_to(body: dict[str, Any]) -> int:

@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from elipc import wire
 from elipc.config import (
     DEFAULT_PAGE,
     DEFAULT_WAIT_TIMEOUT,
@@ -101,12 +102,12 @@ class HttpApi:
     async def send(self, request: IRequest, params: dict[str, str]) -> bytes:
         """POST /send {channel, sender, content, signature?, timestamp?, nonce?} -> {ok, id}."""
         body = requests.json_object(request)
-        channel = check_channel_for_sending(requests.required(body, "channel"))
-        sender = check_name(requests.required(body, "sender"), "sender")
-        content = check_content(requests.required(body, "content"),
+        channel = check_channel_for_sending(wire.required(body, "channel"))
+        sender = check_name(wire.required(body, "sender"), "sender")
+        content = check_content(wire.required(body, "content"),
                                 self.settings.max_content_bytes)
         accepted = await self.broker.send(channel, sender, content,
-                                          requests.send_signature(body),
+                                          wire.send_signature(body),
                                           requests.idempotency_key(request, body))
         answer: dict[str, object] = {"ok": True, "id": accepted.id}
         if accepted.duplicate:
@@ -117,8 +118,8 @@ class HttpApi:
     async def ack(self, request: IRequest, params: dict[str, str]) -> bytes:
         """POST /ack {channel, agent, up_to} -> {ok, watermark}: commit a manual-ack read."""
         body = requests.json_object(request)
-        channel = check_name(requests.required(body, "channel"), "channel")
-        agent = check_name(requests.required(body, "agent"), "agent")
+        channel = check_name(wire.required(body, "channel"), "channel")
+        agent = check_name(wire.required(body, "agent"), "agent")
         watermark = await self.broker.ack(channel, agent, requests.up_to(body),
                                           requests.read_signature(request))
         return json_bytes(request, 200, {"ok": True, "watermark": watermark})
@@ -136,8 +137,8 @@ class HttpApi:
                                "(elipc register) and send operator_signature instead")
         name = check_name(body.get("name"), "name")
         operator = check_name(body.get("operator"), "operator")
-        public_key = requests.public_key(body.get("public_key"))
-        signed = requests.signature(body.get("operator_signature"), "operator_signature")
+        public_key = wire.public_key(body.get("public_key"))
+        signed = wire.signature(body.get("operator_signature"), "operator_signature")
         timestamp = check_timestamp(body.get("timestamp"))
         agent_identity = check_identity(body.get("identity", ""))
         await self.broker.register(name, agent_identity, public_key, operator,

@@ -1,0 +1,66 @@
+"""The fields of a request body or its signature headers, read into domain values, for every
+front that takes them (the Klein server, el's sidecar plugin). No Twisted: the sidecar runs
+under the user's own python3.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from elipc.identity import IdentityError, decode_signature, parse_public_key
+from elipc.model import UNSIGNED, InvalidInput, Signed, check_nonce, check_timestamp
+
+
+def required(body: dict[str, Any], field: str) -> Any:
+    """A send's or ack's required field (el-ipc's message when one is missing)."""
+    value = body.get(field)
+    if value is None or value == "":
+        raise InvalidInput("channel, sender, and content required")
+    return value
+
+
+def signature(value: Any, field: str) -> str:
+    """A base64 Ed25519 signature, as sent."""
+    if not isinstance(value, str) or decode_signature(value) is None:
+        raise InvalidInput(f"{field} must be base64 of a 64-byte Ed25519 signature")
+    return value
+
+
+def send_signature(body: dict[str, Any]) -> Signed:
+    """A send's signature fields: none, el-ipc's signature alone, or elipc/2's three."""
+    sig, timestamp, nonce = body.get("signature"), body.get("timestamp"), body.get("nonce")
+    if sig in (None, ""):
+        if timestamp is not None or nonce is not None:
+            raise InvalidInput("timestamp and nonce come with a signature")
+        return UNSIGNED
+    if (timestamp is None) != (nonce is None):
+        raise InvalidInput("timestamp and nonce go together")
+    if timestamp is None:
+        return Signed(signature(sig, "signature"))
+    return Signed(signature(sig, "signature"), check_timestamp(timestamp), check_nonce(nonce))
+
+
+def read_signature(timestamp: str | None, nonce: str | None,
+                   sig: str | None) -> Signed | None:
+    """A signed read's or ack's X-Elipc-Timestamp, -Nonce and -Signature headers, or None
+    when there are none."""
+    values = (timestamp, nonce, sig)
+    if all(v is None for v in values):
+        return None
+    if timestamp is None or nonce is None or sig is None:
+        raise InvalidInput("a signed read needs all of X-Elipc-Timestamp, X-Elipc-Nonce and "
+                           "X-Elipc-Signature")
+    return Signed(signature(sig, "X-Elipc-Signature"), check_timestamp(timestamp),
+                  check_nonce(nonce))
+
+
+def public_key(value: Any) -> str:
+    """A PEM Ed25519 public key, kept exactly as sent: the operator signed these very
+    characters."""
+    if not isinstance(value, str):
+        raise InvalidInput("public_key must be a PEM string")
+    try:
+        parse_public_key(value)
+    except IdentityError:
+        raise InvalidInput("public_key is not an Ed25519 public key (PEM)") from None
+    return value
