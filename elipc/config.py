@@ -73,6 +73,18 @@ def parse_names(text: str, name: str) -> tuple[str, ...]:
     return tuple(parse_name(part, name) for part in text.split(",") if part.strip())
 
 
+def parse_urls(text: str, name: str) -> tuple[str, ...]:
+    """http(s) URLs separated by commas, each with a host."""
+    from urllib.parse import urlsplit
+
+    urls = tuple(part.strip() for part in text.split(",") if part.strip())
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{name} must list http(s) URLs, not {url!r}")
+    return urls
+
+
 def parse_flag(text: str, name: str) -> bool:
     """1/true/yes/on or 0/false/no/off (empty: off)."""
     lowered = text.strip().lower()
@@ -216,8 +228,15 @@ TABLE: tuple[Setting, ...] = (
             "IPC_AGENT's private key file (signs its sends and reads in secure mode)",
             fronts=("cli",)),
     Setting("channels", "IPC_CHANNELS", None, parse_names, (), "none",
-            "channels (comma-separated) `inbox` and the Stop hook look at when none are named",
+            "channels (comma-separated) `inbox`, `follow` and the Stop hook look at when none "
+            "are named, and that el's sidecar delivers to its drain (as IPC_AGENT)",
             fronts=("cli",)),
+    Setting("sidecar_open_registration", "IPC_SIDECAR_OPEN_REGISTRATION", None, parse_flag,
+            False, "`0`", "`1` lets el's sidecar register agents in open mode (it listens on "
+            "0.0.0.0)", fronts=("sidecar",)),
+    Setting("sidecar_forward", "IPC_SIDECAR_FORWARD", None, parse_urls, (), "none",
+            "URLs (comma-separated) the sidecar's `forward_to` may post to; any other: 400",
+            fronts=("sidecar",)),
 )
 
 BY_NAME = {setting.name: setting for setting in TABLE}
@@ -244,6 +263,8 @@ class Settings(NamedTuple):
     agent: str
     key_file: str
     channels: tuple[str, ...]
+    sidecar_open_registration: bool
+    sidecar_forward: tuple[str, ...]
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None,

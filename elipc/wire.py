@@ -8,7 +8,36 @@ from __future__ import annotations
 from typing import Any
 
 from elipc.identity import IdentityError, decode_signature, parse_public_key
-from elipc.model import UNSIGNED, InvalidInput, Signed, check_nonce, check_timestamp
+from elipc.model import (
+    UNSIGNED,
+    Conflict,
+    ElipcError,
+    InvalidInput,
+    Rejected,
+    Replayed,
+    Signed,
+    StorageError,
+    TooLarge,
+    Unauthenticated,
+    check_nonce,
+    check_timestamp,
+)
+
+# The HTTP status of every domain error, most specific first (the first match wins).
+STATUS: tuple[tuple[type[ElipcError], int], ...] = (
+    (TooLarge, 413),
+    (InvalidInput, 400),
+    (Unauthenticated, 401),
+    (Replayed, 409),
+    (Rejected, 403),
+    (Conflict, 409),
+    (StorageError, 503),
+)
+
+
+def status_of(error: ElipcError) -> int:
+    """The HTTP status for `error` (500 for a domain error nobody placed: a bug)."""
+    return next((status for kind, status in STATUS if isinstance(error, kind)), 500)
 
 
 def required(body: dict[str, Any], field: str) -> Any:

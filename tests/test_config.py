@@ -122,7 +122,8 @@ class SettingsTableTests(SynchronousTestCase):
         for setting in config.TABLE:
             if setting.env is None or setting.parse is config.parse_text:
                 continue
-            bad = {config.parse_name: "a\x01b", config.parse_names: "ok,a\x01b"}.get(
+            bad = {config.parse_name: "a\x01b", config.parse_names: "ok,a\x01b",
+                   config.parse_urls: "https://ok.example,file:///etc/passwd"}.get(
                 setting.parse, "not-a-value")
             with self.assertRaises(ConfigError) as caught:
                 Settings.load({setting.env: bad})

@@ -101,7 +101,8 @@ def _define(sub: argparse.ArgumentParser, command: str) -> None:
             help=f"at most this many (default {DEFAULT_PAGE})")
         add("--key", help="remote mode: the agent's key, to sign the read (secure mode)")
     elif command == "follow":
-        add("channels", nargs="+", metavar="channel")
+        add("channels", nargs="*", metavar="channel",
+            help="the channels to follow (default IPC_CHANNELS)")
         add("--agent", help="the agent whose watermarks move (default IPC_AGENT)")
         add("--verify", action="store_true",
             help="check each signature against the directory; adds \"verified\"")
@@ -148,7 +149,7 @@ def _define(sub: argparse.ArgumentParser, command: str) -> None:
 HELP: dict[str, str] = {
     "send": "send <channel> <from> <msg...> [--key F]: send a message",
     "read": "read <channel> <agent> [--wait [--timeout S]] [--verify]: read",
-    "follow": "follow <channel>... --agent NAME [--verify] [--count N]: one JSON line per "
+    "follow": "follow [<channel>...] [--agent NAME] [--verify] [--count N]: one JSON line per "
               "new message, until stopped",
     "inbox": "inbox [<channel>...] [--agent NAME] [--hook stop]: unread counts, moving "
              "nothing",

@@ -42,6 +42,10 @@ def resolve_agent(ctx: Context) -> None:
         args.agent = settings.agent or None
     if not args.key and settings.key_file and args.agent == settings.agent:
         args.key = settings.key_file
+    if args.command == "follow":
+        args.channels = args.channels or list(settings.channels)
+        if not args.channels:
+            raise CommandError("follow needs channels: name them or set IPC_CHANNELS")
 
 
 def message_content(ctx: Context) -> str:

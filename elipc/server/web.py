@@ -31,16 +31,12 @@ from elipc.config import (
 from elipc.identity import IdentityError, did_key
 from elipc.model import (
     RESERVED_PREFIX,
-    Conflict,
     ElipcError,
     InvalidInput,
     Page,
     Rejected,
-    Replayed,
     Signed,
     StorageError,
-    TooLarge,
-    Unauthenticated,
     check_channel_for_sending,
     check_content,
     check_identity,
@@ -53,17 +49,9 @@ from elipc.server.site import ElipcSite, Front, json_bytes, remote_address
 
 log = Logger(namespace="elipc.web")
 
-# The HTTP status of every domain error, most specific first (the first match wins).
-STATUS: tuple[tuple[type[ElipcError], int], ...] = (
-    (requests.LengthRequired, 411),
-    (TooLarge, 413),
-    (InvalidInput, 400),
-    (Unauthenticated, 401),
-    (Replayed, 409),
-    (Rejected, 403),
-    (Conflict, 409),
-    (StorageError, 503),
-)
+# The HTTP status of every domain error, most specific first (the first match wins): the
+# table every front shares, and what only HTTP framing here can get wrong.
+STATUS: tuple[tuple[type[ElipcError], int], ...] = ((requests.LengthRequired, 411), *wire.STATUS)
 
 Handler = Callable[[Any, IRequest, dict[str, str]], Awaitable[bytes]]
 H = TypeVar("H", bound=Handler)

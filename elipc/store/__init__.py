@@ -32,6 +32,7 @@ from elipc.store.directory import (
     is_secure,
     list_agents,
     register_agent,
+    register_open,
 )
 from elipc.store.guards import (
     forget_idempotency,
@@ -63,6 +64,6 @@ __all__ = [
     "first_operator", "forget_idempotency", "forget_nonces", "get_agent", "guarded",
     "history", "history_page", "idempotent_id", "insert_message", "insert_messages",
     "is_secure", "last_message_id", "list_agents", "list_channels", "oldest_message_id",
-    "open_database", "open_uri", "pending_count", "register_agent", "remember_idempotency",
+    "open_database", "open_uri", "pending_count", "register_agent", "register_open", "remember_idempotency",
     "remember_nonce", "run_batch", "transaction", "unread_page", "watermark",
 ]

@@ -87,6 +87,21 @@ def register_agent(
         )
 
 
+@guarded
+def register_open(db: Any, name: str, identity: str, public_key: str, now: float) -> None:
+    """Store or replace agent `name` in open mode (no operator yet, so nobody to authorize
+    it; el's sidecar does this only when its user allows it). Conflict once an operator
+    exists, or if `name` is an operator."""
+    with WriteTransaction(db):
+        if is_secure(db):
+            raise Conflict("secure mode active: an operator must sign the registration")
+        db.execute(
+            "INSERT OR REPLACE INTO agents (name, identity, public_key, role, registered_by, "
+            "created_at) VALUES (?, ?, ?, 'agent', NULL, ?)",
+            (name, identity, public_key, now),
+        )
+
+
 def _role(db: Any, name: str) -> str | None:
     row = db.execute("SELECT role FROM agents WHERE name = ?", (name,)).fetchone()
     return row[0] if row else None
