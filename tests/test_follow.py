@@ -22,6 +22,7 @@ from elipc.cli import main
 from elipc.cli.follow import MAX_LINE_CONTENT
 from tests.clirun import CommittingClock, elipc_process, process_env, run_cli
 from tests.helpers import SUBPROCESS_TIMEOUT_S, Server, raw_rows, temp_dir
+from tests.test_e2e import ServerCase
 from tests.test_remote_cli import InMemoryTransport, ServerClock
 
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux: set a pipe's capacity
@@ -114,36 +115,60 @@ class LocalFollowTests(SynchronousTestCase):
 
 
 class KillTests(SynchronousTestCase):
-    """A real follower process killed at every point loses nothing (at least once)."""
+    """A real follower process killed at every point loses nothing (at least once): on the
+    local database in open mode here; secure and through a server in the subclasses."""
+
+    secure = False
+
+    def setUp(self) -> None:
+        """A database with six long messages on c for agent r."""
+        self.dir = temp_dir(self)
+        self.db = os.path.join(self.dir, "ipc.db")
+        self.total = 6
+        if self.secure:  # operator op signs the sends; agent r is registered with its key
+            for args in (("seed", "op", "--out", "op"), ("keygen", "--out", "r"),
+                         ("register", "r", "--pubkey", "r.pub", "--as", "op", "--key",
+                          "op.key")):
+                self.assertEqual(run_cli(self.db, *args, cwd=self.dir).code, 0)
+        signing = ("--key", "op.key") if self.secure else ()
+        for i in range(self.total):
+            sent = run_cli(self.db, "send", "c", "op", f"{i + 1}" * 2500, *signing,
+                           cwd=self.dir)
+            self.assertEqual(sent.code, 0, sent.err)
+
+    def follower(self) -> list[str]:
+        """The follower's command line."""
+        key = ("--key", os.path.join(self.dir, "r.key")) if self.secure else ()
+        return elipc_process("follow", "c", "--agent", "r", *key)
+
+    def follower_env(self) -> dict[str, str]:
+        """The follower's environment."""
+        return process_env(self.db)
 
     def test_kill_at_every_point(self) -> None:
         """Followers killed (SIGKILL) one after another, each while blocked writing to a
         one-line pipe, together print every message, in order, at least once: the watermark
         never passes a line its reader did not get whole."""
-        folder = temp_dir(self)
-        db = os.path.join(folder, "ipc.db")
-        total, seen = 6, []
-        for i in range(total):
-            self.assertEqual(run_cli(db, "send", "c", "a", f"{i + 1}" * 2500).code, 0)
+        seen: list[int] = []
         # Kill at once (before its first acknowledgement), a little later (after it, or
         # while the next line is half written), and later still (blocked on the full pipe).
-        delays = [0.0, 0.05, 0.3] * (2 * total)
+        delays = [0.0, 0.05, 0.3] * (2 * self.total)
         for delay in delays:
-            if len(set(seen)) == total:
+            if len(set(seen)) == self.total:
                 break
-            seen += self.follow_and_kill(db, delay)
-            watermark = store.watermark(store.open_database(db), "c", "r")
-            self.assertLessEqual(watermark, max(seen, default=0))
-        self.assertEqual(sorted(set(seen)), list(range(1, total + 1)))
+            seen += self.follow_and_kill(delay)
+            conn = store.open_database(self.db)
+            self.assertLessEqual(store.watermark(conn, "c", "r"), max(seen, default=0))
+            conn.close()
+        self.assertEqual(sorted(set(seen)), list(range(1, self.total + 1)))
         self.assertEqual(seen, sorted(seen))
 
-    def follow_and_kill(self, db: str, delay: float) -> list[int]:
+    def follow_and_kill(self, delay: float) -> list[int]:
         """Start a follower on a pipe that holds about one line, kill it `delay` seconds
         after its first line, and return the ids of the whole lines it got out."""
         read_end, write_end = os.pipe()
         fcntl.fcntl(write_end, F_SETPIPE_SZ, 4096)
-        follower = subprocess.Popen(elipc_process("follow", "c", "--agent", "r"),
-                                    env=process_env(db), stdout=write_end,
+        follower = subprocess.Popen(self.follower(), env=self.follower_env(), stdout=write_end,
                                     stderr=subprocess.DEVNULL)
         os.close(write_end)
         self.addCleanup(_reap, follower)
@@ -159,6 +184,32 @@ class KillTests(SynchronousTestCase):
             received += pipe.read()  # what it wrote before it died; a cut last line is lost
         whole = received.split(b"\n")[:-1]
         return [json.loads(text)["id"] for text in whole]
+
+
+class SecureKillTests(KillTests):
+    """The same in secure mode, on the local database."""
+
+    secure = True
+
+
+class RemoteKillTests(KillTests, ServerCase):
+    """The same through a real `twist elipc`: each line printed, then acknowledged."""
+
+    def setUp(self) -> None:
+        """The messages, then the server on the same database."""
+        ServerCase.setUp(self)
+        KillTests.setUp(self)
+        self.twist()
+
+    def follower_env(self) -> dict[str, str]:
+        """The follower is a client of the server."""
+        return process_env(self.db, IPC_SERVER_URL=self.base)
+
+
+class RemoteSecureKillTests(RemoteKillTests):
+    """Through the server in secure mode: reads and acks signed with r's key."""
+
+    secure = True
 
 
 def _reap(process: subprocess.Popen[bytes]) -> None:

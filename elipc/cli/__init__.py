@@ -70,8 +70,8 @@ def _process_stdin() -> IO[bytes]:
 
 
 def _run(ctx: Context, transport: Transport | None) -> int:
-    if ctx.args.command in AGENT_COMMANDS:
-        resolve_agent(ctx)
+    if ctx.args.command in AGENT_COMMANDS and not resolve_agent(ctx):
+        return 0
     if ctx.args.command == "inbox":
         from elipc.cli.inbox import prepare
 

@@ -106,6 +106,9 @@ def _define(sub: argparse.ArgumentParser, command: str) -> None:
         add("--agent", help="the agent whose watermarks move (default IPC_AGENT)")
         add("--verify", action="store_true",
             help="check each signature against the directory; adds \"verified\"")
+        add("--if-configured", action="store_true",
+            help="with no channels or agent given or set, do nothing (exit 0): for a monitor "
+                 "installed whether or not the user set IPC_AGENT and IPC_CHANNELS")
         add("--count", type=_page_size, default=0,
             help="stop after this many messages (default: run until stopped)")
         add("--key", help="remote mode: the agent's key, to sign reads and acks "

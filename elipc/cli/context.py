@@ -32,20 +32,25 @@ class Context:
         self.args, self.settings, self.console, self.clock = args, settings, console, clock
 
 
-def resolve_agent(ctx: Context) -> None:
-    """Fill in the agent and its key of an agent command from the settings."""
+def resolve_agent(ctx: Context) -> bool:
+    """Fill in an agent command's agent (and its key, and follow's channels) from the
+    settings; False when there is nothing to do: a hook or `follow --if-configured` with
+    nothing configured (the Claude Code plugin runs both whether or not the user set them)."""
     args, settings = ctx.args, ctx.settings
+    optional = getattr(args, "hook", None) is not None or getattr(args, "if_configured", False)
+    args.agent = args.agent or settings.agent or None
+    if args.command in ("follow", "inbox"):
+        args.channels = args.channels or list(settings.channels)
+    if optional and not (args.agent and getattr(args, "channels", True)):
+        return False
     if not args.agent:
-        if not settings.agent and getattr(args, "hook", None) is None:
-            raise CommandError(f"{args.command} acts as an agent: pass --agent NAME or set "
-                               "IPC_AGENT")
-        args.agent = settings.agent or None
+        raise CommandError(f"{args.command} acts as an agent: pass --agent NAME or set "
+                           "IPC_AGENT")
     if not args.key and settings.key_file and args.agent == settings.agent:
         args.key = settings.key_file
-    if args.command == "follow":
-        args.channels = args.channels or list(settings.channels)
-        if not args.channels:
-            raise CommandError("follow needs channels: name them or set IPC_CHANNELS")
+    if args.command == "follow" and not args.channels:
+        raise CommandError("follow needs channels: name them or set IPC_CHANNELS")
+    return True
 
 
 def message_content(ctx: Context) -> str:

@@ -24,10 +24,10 @@ if TYPE_CHECKING:
     from elipc.cli.remote import Remote
 
 def prepare(ctx: Context) -> bool:
-    """Settle the channels (named, else IPC_CHANNELS) and read the hook's input; False when
-    there is nothing to do: a hook not configured yet, or a stop already continued once."""
+    """Check the channels (named, else IPC_CHANNELS: see resolve_agent) and read the hook's
+    input; False when there is nothing to do: a stop this hook already continued once."""
     args = ctx.args
-    args.channels = [check_name(c, "channel") for c in args.channels or ctx.settings.channels]
+    args.channels = [check_name(c, "channel") for c in args.channels]
     if args.hook is None:
         if not args.channels:
             raise CommandError("inbox needs channels: name them or set IPC_CHANNELS")
