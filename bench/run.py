@@ -339,9 +339,12 @@ def cli_wait_wake(db_path: str, rounds: int) -> dict[str, str]:
             f"{ms(percentile(latencies, 50))} / {ms(max(latencies))}"}
 
 
-def follow_latency(db_path: str, rounds: int) -> dict[str, str]:
-    """`elipc follow`: from another connection's commit to the message's line on stdout."""
+def follow_latency(db_path: str, rounds: int, server: "Server | None" = None) -> dict[str, str]:
+    """`elipc follow`: from another connection's commit to the message's line on stdout; with
+    `server`, a follower of that server, from the start of a POST /send to the line."""
     env = {**BASE_ENV, "IPC_DB_PATH": db_path}
+    if server is not None:
+        env["IPC_SERVER_URL"] = f"http://127.0.0.1:{server.port}"
     subprocess.run([os.path.join(BIN, "elipc"), "channels"], env=env, check=True,
                    stdout=subprocess.DEVNULL)
     follower = subprocess.Popen([os.path.join(BIN, "elipc"), "follow", "followed", "--agent",
@@ -351,18 +354,39 @@ def follow_latency(db_path: str, rounds: int) -> dict[str, str]:
     try:
         time.sleep(0.5)  # the follower is waiting by now
         for i in range(rounds):
-            conn.execute("INSERT INTO messages (channel, sender, content, created_at) "
-                         "VALUES ('followed', 'w', ?, ?)", (f"m{i}", time.time()))
-            committed = time.perf_counter()
+            started = time.perf_counter()
+            if server is None:
+                conn.execute("INSERT INTO messages (channel, sender, content, created_at) "
+                             "VALUES ('followed', 'w', ?, ?)", (f"m{i}", time.time()))
+            else:
+                post_json(server.port, "/send", {"channel": "followed", "sender": "w",
+                                                 "content": f"m{i}"})
             follower.stdout.readline()
-            latencies.append(time.perf_counter() - committed)
+            latencies.append(time.perf_counter() - started)
             time.sleep(pacing.uniform(0.005, 0.05))  # irregular, as agents send
     finally:
         conn.close()
         follower.kill()  # by its pid, through its Popen
         follower.wait(timeout=30)
-    return {"CLI follow: another process's commit to its line, p50 / p99":
-            f"{ms(percentile(latencies, 50))} / {ms(percentile(latencies, 99))}"}
+    label = ("CLI follow --server: a POST /send (included) to its line, p50 / p99" if server
+             else "CLI follow: another process's commit to its line, p50 / p99")
+    return {label: f"{ms(percentile(latencies, 50))} / {ms(percentile(latencies, 99))}"}
+
+
+def post_json(port: int, path: str, body: dict[str, object]) -> None:
+    """One blocking POST on a fresh loopback connection, its answer read and checked."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("POST", path, json.dumps(body),
+                           {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"POST {path}: {response.status}")
+    finally:
+        connection.close()
 
 
 async def mcp_latency(db_path: str, rounds: int) -> dict[str, str]:
@@ -488,6 +512,8 @@ def run_all(work: str, scale: float) -> dict[str, str]:
                 lambda s: concurrent_sends(s.port, 16, n(1000)),
                 lambda s: wake_latency(s.port, n(300)),
                 lambda s: health_under_load(s, 1000, n(500)))
+    with_server("follow-remote.db", lambda s: _now(follow_latency(
+        os.path.join(work, "follow-remote.db"), n(200), s)))
     with_server("polls.db", lambda s: many_long_polls(s, n(10000)))
     empty, full = os.path.join(work, "empty.db"), os.path.join(work, "full.db")
     preload(empty, 0)
