@@ -210,6 +210,9 @@ TABLE: tuple[Setting, ...] = (
     Setting("max_body_bytes", "IPC_MAX_BODY_BYTES", None, parse_positive,
             lambda values, environ: 2 * values["max_content_bytes"] + 64 * 1024,
             "twice the content limit + 64 KiB", "largest HTTP request body; over it: 413"),
+    Setting("max_wait", "IPC_MAX_WAIT", "max-wait", parse_seconds_up_to(MAX_WAIT_TIMEOUT),
+            MAX_WAIT_TIMEOUT, f"`{MAX_WAIT_TIMEOUT:g}`",
+            "the longest a long-poll (`timeout=`, `linger=`) may be held; more is a 400"),
     Setting("replay_window", "IPC_REPLAY_WINDOW", "replay-window",
             parse_seconds_up_to(MAX_REPLAY_WINDOW), DEFAULT_REPLAY_WINDOW,
             f"`{DEFAULT_REPLAY_WINDOW:g}`", "seconds a signed timestamp stays valid"),
@@ -256,6 +259,7 @@ class Settings(NamedTuple):
     linger: float
     max_content_bytes: int
     max_body_bytes: int
+    max_wait: float
     replay_window: float
     strict_signatures: bool
     retention: float

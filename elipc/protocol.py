@@ -198,9 +198,9 @@ class Api:
                     watermark_of)
 
     def history(self, channel: str, after_id: int = 0, limit: int | None = None) -> Call[Page]:
-        """GET /messages by `after_id`, with no agent: the channel's past, moving nothing."""
+        """GET /history: the channel's messages after `after_id`, moving nothing."""
         query = [("channel", channel), ("after_id", str(after_id)), *_optional(limit=limit)]
-        return Call(lambda: self._get("/messages", query),
+        return Call(lambda: self._get("/history", query),
                     lambda response: page_of(channel, response))
 
     # -- the directory and the rest --------------------------------------------------------

@@ -45,7 +45,6 @@ from elipc.model import (
     check_content,
     check_identity,
     check_name,
-    check_timestamp,
 )
 from elipc.operations import Policy, accept_message, authorize_read, forget_expired
 
@@ -228,7 +227,7 @@ class Sidecar:
             raise error
         operator = check_name(data["operator"], "operator")
         signed = Signed(wire.signature(data["operator_signature"], "operator_signature"),
-                        check_timestamp(data.get("timestamp")))
+                        wire.body_timestamp(data.get("timestamp")))
         try:
             with self.lock:
                 register(self.conn(), name, agent_identity, public_key, operator, signed,

@@ -56,7 +56,8 @@ def signature(value: Any, field: str) -> str:
 
 
 def send_signature(body: dict[str, Any]) -> Signed:
-    """A send's signature fields: none, el-ipc's signature alone, or elipc/2's three."""
+    """A send's signature fields: none, el-ipc's signature alone, or elipc/2's three (a null
+    field is an absent one; an empty signature is none)."""
     sig, timestamp, nonce = body.get("signature"), body.get("timestamp"), body.get("nonce")
     if sig in (None, ""):
         if timestamp is not None or nonce is not None:
@@ -66,21 +67,32 @@ def send_signature(body: dict[str, Any]) -> Signed:
         raise InvalidInput("timestamp and nonce go together")
     if timestamp is None:
         return Signed(signature(sig, "signature"))
-    return Signed(signature(sig, "signature"), check_timestamp(timestamp), check_nonce(nonce))
+    return Signed(signature(sig, "signature"), body_timestamp(timestamp), check_nonce(nonce))
+
+
+def body_timestamp(value: Any) -> int:
+    """A body's timestamp: a JSON integer (not a string, not a boolean) of Unix seconds."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInput("timestamp must be integer Unix seconds")
+    return check_timestamp(value)
 
 
 def read_signature(timestamp: str | None, nonce: str | None,
                    sig: str | None) -> Signed | None:
-    """A signed read's or ack's X-Elipc-Timestamp, -Nonce and -Signature headers, or None
-    when there are none."""
-    values = (timestamp, nonce, sig)
-    if all(v is None for v in values):
-        return None
+    """A signed read's or ack's X-Elipc-Timestamp, -Nonce and -Signature headers.
+
+    Fewer than the three is no signature (None: refused in secure mode, where reads must be
+    signed, and of no concern in open mode); a malformed one is a signature that cannot
+    verify (a stale timestamp, an empty signature), refused in secure mode as any bad one."""
     if timestamp is None or nonce is None or sig is None:
-        raise InvalidInput("a signed read needs all of X-Elipc-Timestamp, X-Elipc-Nonce and "
-                           "X-Elipc-Signature")
-    return Signed(signature(sig, "X-Elipc-Signature"), check_timestamp(timestamp),
-                  check_nonce(nonce))
+        return None
+    seconds = int(timestamp) if timestamp.isascii() and timestamp.isdigit() else 0
+    try:
+        check_nonce(nonce)
+    except InvalidInput:
+        sig = ""
+    return Signed(sig if decode_signature(sig) is not None else "",
+                  min(seconds, 10**12), nonce)
 
 
 def public_key(value: Any) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -48,6 +50,69 @@ class HttpDocTests(SynchronousTestCase):
             pending = server.http.request(method, server.url(path), data=b"{}")
             server.http.flush()
             self.assertNotIn(self.successResultOf(pending).code, (404, 405), (method, path))
+
+
+OPENAPI_DOC = os.path.join(os.path.dirname(DOC), "openapi.json")
+
+
+class OpenApiTests(SynchronousTestCase):
+    """The OpenAPI description, the Klein routes and docs/http-api.md agree."""
+
+    def setUp(self) -> None:
+        """The description of a server on default settings."""
+        from elipc.config import Settings
+        from elipc.server.openapi import describe
+
+        self.description = describe(Settings.load({}))
+
+    def operations(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """(METHOD, path) -> operation."""
+        return {(method.upper(), path): op
+                for path, ops in self.description["paths"].items()
+                for method, op in ops.items()}
+
+    def test_routes_are_described(self) -> None:
+        """Every route served is described, and every described operation is served."""
+        self.assertEqual(set(self.operations()), HttpDocTests().served())
+
+    def test_query_parameters(self) -> None:
+        """Each operation's query parameters are exactly those its route accepts."""
+        from elipc.server.web import QUERY_PARAMS
+
+        for key, op in self.operations().items():
+            described = {p["name"] for p in op.get("parameters", []) if p["in"] == "query"}
+            self.assertEqual(described, set(QUERY_PARAMS[key]), key)
+
+    def test_doc_names_every_parameter(self) -> None:
+        """docs/http-api.md's section of each route names each of its query parameters."""
+        with open(DOC) as f:
+            doc = f.read()
+        for (method, path), op in self.operations().items():
+            heading = f"### `{method} {path}`"
+            section = doc.split(heading, 1)[1].split("\n### ", 1)[0]
+            for param in op.get("parameters", []):
+                if param["in"] == "query":
+                    self.assertIn(f"`{param['name']}`", section, (method, path))
+
+    def test_docs_copy_is_current(self) -> None:
+        """docs/openapi.json is the description (python -m elipc.server.openapi)."""
+        with open(OPENAPI_DOC) as f:
+            self.assertEqual(json.load(f), json.loads(json.dumps(self.description)))
+
+    def test_served_description(self) -> None:
+        """GET /openapi.json serves the description of that server: its limits, and the
+        bearer scheme once an API key is set."""
+        server = Server(self, IPC_API_KEY="k", IPC_MAX_WAIT="5")
+        pending = server.http.get(server.url("/openapi.json"),
+                                  headers={"Authorization": "Bearer k"})
+        server.http.flush()
+        served = json.loads(self.successResultOf(server.http.content(
+            self.successResultOf(pending))))
+        self.assertEqual(served["security"], [{"bearer": []}])
+        timeout = next(p for p in served["paths"]["/messages"]["get"]["parameters"]
+                       if p["name"] == "timeout")
+        self.assertEqual(timeout["schema"]["maximum"], 5.0)
+        self.assertNotIn("security", self.description)
 
 
 SECURITY_DOC = os.path.join(os.path.dirname(DOC), "security.md")

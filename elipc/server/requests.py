@@ -54,12 +54,9 @@ def utf8(raw: bytes, what: str) -> str:
 
 
 def flag(value: str, name: str) -> bool:
-    """A true/false query parameter (empty: false)."""
-    lowered = value.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("", "false", "0", "no"):
-        return False
+    """A `true`/`false` query parameter."""
+    if value in ("true", "false"):
+        return value == "true"
     raise InvalidInput(f"{name} must be true or false, not {value!r}")
 
 
@@ -104,11 +101,12 @@ def json_object(request: IRequest) -> dict[str, Any]:
 
 
 def idempotency_key(request: IRequest, body: dict[str, Any]) -> str | None:
-    """The send's idempotency key, from the Idempotency-Key header or the body's field."""
+    """The send's idempotency key: the Idempotency-Key header, else the body's field (which,
+    when given, must be a valid key even where the header wins)."""
     header = request.getHeader(b"idempotency-key")
     field = body.get("idempotency_key")
-    if header is not None and field is not None and header.decode("utf-8", "replace") != field:
-        raise InvalidInput("Idempotency-Key header and idempotency_key field differ")
+    if field is not None:
+        check_name(field, "idempotency_key")
     key = field if header is None else utf8(header, "Idempotency-Key")
     return None if key is None else check_name(key, "idempotency key")
 

@@ -25,7 +25,6 @@ from elipc.config import (
     DEFAULT_WAIT_TIMEOUT,
     MAX_LINGER,
     MAX_PAGE,
-    MAX_WAIT_TIMEOUT,
     Settings,
 )
 from elipc.identity import IdentityError, did_key
@@ -41,10 +40,10 @@ from elipc.model import (
     check_content,
     check_identity,
     check_name,
-    check_timestamp,
 )
 from elipc.server import requests
 from elipc.server.broker import Broker
+from elipc.server.openapi import describe
 from elipc.server.site import ElipcSite, Front, json_bytes, remote_address
 
 log = Logger(namespace="elipc.web")
@@ -58,6 +57,8 @@ H = TypeVar("H", bound=Handler)
 
 
 _APP = Klein()
+# Each route's query parameters, as declared (the OpenAPI description is held to these).
+QUERY_PARAMS: dict[tuple[str, str], tuple[str, ...]] = {}
 
 
 def route(path: str, method: str, *params: str) -> Callable[[H], H]:
@@ -68,6 +69,7 @@ def route(path: str, method: str, *params: str) -> Callable[[H], H]:
         def parsed(self: HttpApi, request: IRequest) -> Awaitable[bytes]:
             return handler(self, request, requests.query(request, params))
         _APP.route(path, methods=[method])(parsed)
+        QUERY_PARAMS[(method, path)] = params
         return handler
     return decorate
 
@@ -85,6 +87,7 @@ class HttpApi:
     def __init__(self, broker: Broker, settings: Settings) -> None:
         self.broker = broker
         self.settings = settings
+        self.description = describe(settings)
 
     @route("/send", "POST")
     async def send(self, request: IRequest, params: dict[str, str]) -> bytes:
@@ -127,38 +130,38 @@ class HttpApi:
         operator = check_name(body.get("operator"), "operator")
         public_key = wire.public_key(body.get("public_key"))
         signed = wire.signature(body.get("operator_signature"), "operator_signature")
-        timestamp = check_timestamp(body.get("timestamp"))
+        timestamp = wire.body_timestamp(body.get("timestamp"))
         agent_identity = check_identity(body.get("identity", ""))
         await self.broker.register(name, agent_identity, public_key, operator,
                                    Signed(signed, timestamp))
         return json_bytes(request, 200, {
             "ok": True, "message": f"Agent '{name}' registered by operator '{operator}'"})
 
-    @route("/messages", "GET", "channel", "agent", "wait", "timeout", "linger", "limit", "ack",
-           "after_id")
+    @route("/messages", "GET", "channel", "agent", "wait", "timeout", "linger", "limit", "ack")
     async def messages(self, request: IRequest, params: dict[str, str]) -> bytes:
-        """GET /messages?channel&agent[&wait&timeout&linger&limit&ack=manual] -> [message, ...];
-        GET /messages?channel&after_id[&limit] (no agent) -> history, moving nothing."""
+        """GET /messages?channel&agent[&wait&timeout&linger&limit&ack=manual] -> [message, ...]."""
         limit = requests.whole(params, "limit", DEFAULT_PAGE, MAX_PAGE, minimum=1)
-        if "after_id" in params and "agent" not in params:
-            return await self._history(request, params, limit)
         if not params.get("channel") or not params.get("agent"):
             raise InvalidInput("channel and agent params required")
-        if "after_id" in params:
-            raise InvalidInput("after_id reads history and takes no agent")
         channel = check_name(params["channel"], "channel")
         agent = check_name(params["agent"], "agent")
+        wait_max = self.settings.max_wait
         page = await self.broker.read(
             channel, agent, requests.read_signature(request),
-            wait=requests.flag(params.get("wait", ""), "wait"),
-            timeout=requests.seconds(params, "timeout", DEFAULT_WAIT_TIMEOUT, MAX_WAIT_TIMEOUT),
-            linger=requests.seconds(params, "linger", self.settings.linger, MAX_LINGER),
+            wait=requests.flag(params.get("wait", "false"), "wait"),
+            timeout=requests.seconds(params, "timeout", min(DEFAULT_WAIT_TIMEOUT, wait_max),
+                                     wait_max),
+            linger=requests.seconds(params, "linger", min(self.settings.linger, wait_max),
+                                    min(MAX_LINGER, wait_max)),
             limit=limit, manual=requests.ack_mode(params.get("ack", "auto")),
         )
         return _page(request, page)
 
-    async def _history(self, request: IRequest, params: dict[str, str], limit: int) -> bytes:
+    @route("/history", "GET", "channel", "after_id", "limit")
+    async def history(self, request: IRequest, params: dict[str, str]) -> bytes:
+        """GET /history?channel[&after_id&limit] -> [message, ...], moving nothing."""
         channel = check_name(params.get("channel"), "channel")
+        limit = requests.whole(params, "limit", DEFAULT_PAGE, MAX_PAGE, minimum=1)
         if channel.startswith(RESERVED_PREFIX) and await self.broker.is_secure():
             raise Rejected(f"history of {RESERVED_PREFIX} channels is not public in secure "
                            "mode; read it as an operator", "security_channel", channel=channel)
@@ -192,6 +195,11 @@ class HttpApi:
     async def agent_card(self, request: IRequest, params: dict[str, str]) -> bytes:
         """The A2A agent card."""
         return json_bytes(request, 200, await self.broker.agent_card())
+
+    @route("/openapi.json", "GET")
+    async def openapi(self, request: IRequest, params: dict[str, str]) -> bytes:
+        """The OpenAPI 3.1 description of this server (its limits, its bearer key)."""
+        return json_bytes(request, 200, self.description)
 
     @app.handle_errors(ElipcError)
     def refused(self, request: IRequest, failure: Failure) -> bytes:

@@ -1,0 +1,303 @@
+"""The OpenAPI 3.1 description of the HTTP API: the one source of truth for machines.
+
+`describe(settings)` is what `GET /openapi.json` serves: its limits are the running server's
+(content size, the longest long-poll), and it declares the bearer key only when one is set.
+`docs/openapi.json` is the description of a server on default settings, written by
+`python -m elipc.server.openapi` and held to this module by the tests, as are the Klein routes
+(both ways) and docs/http-api.md. Errors are `{"error": "<what was wrong>"}` everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from elipc import __version__
+from elipc.config import (
+    DEFAULT_PAGE,
+    DEFAULT_WAIT_TIMEOUT,
+    MAX_LINGER,
+    MAX_PAGE,
+    Settings,
+)
+from elipc.model import MAX_NAME_CHARS, RESERVED_PREFIX
+
+Schema = dict[str, Any]
+
+# Names: 1 to 256 characters, no C0 or C1 control characters, no line or paragraph separator.
+NAME_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029]*$"
+SIGNATURE_PATTERN = "^[A-Za-z0-9+/]{86}==$"
+NONCE_PATTERN = "^[A-Za-z0-9_-]{8,64}$"
+MORE = {"description": "whether more messages wait behind this page", "required": True,
+        "schema": {"enum": ["true", "false"]}}
+
+
+def name(description: str) -> Schema:
+    """A channel, agent or sender name."""
+    return {"type": "string", "minLength": 1, "maxLength": MAX_NAME_CHARS,
+            "pattern": NAME_PATTERN, "description": description}
+
+
+def ref(schema: str) -> Schema:
+    """A reference to a component schema."""
+    return {"$ref": f"#/components/schemas/{schema}"}
+
+
+def json_content(schema: Schema) -> Schema:
+    """An application/json body of `schema`."""
+    return {"application/json": {"schema": schema}}
+
+
+def answer(description: str, schema: Schema, **headers: Schema) -> Schema:
+    """A JSON answer, with response headers when given."""
+    described: Schema = {"description": description, "content": json_content(schema)}
+    if headers:
+        described["headers"] = headers
+    return described
+
+
+ERRORS = {
+    "400": "the request is malformed: a bad field, parameter, name or header (see error)",
+    "401": "the bearer key is missing or wrong, or a secure-mode read carries no signature",
+    "403": "secure mode refused it (unsigned, unknown sender, bad or stale signature, ...)",
+    "409": "already done: a reused nonce or registration, or an ack past the last message",
+    "411": "a body with neither Content-Length nor chunked encoding",
+    "413": "the body or the message content is over its limit",
+    "503": "the database is unavailable (busy, full, or its file replaced); retry later",
+}
+
+
+def errors(*statuses: str) -> dict[str, Schema]:
+    """The error answers of an operation: those every request may get, and `statuses`."""
+    chosen = {"400", "401", "413", "503", *statuses}
+    return {status: {"$ref": f"#/components/responses/E{status}"}
+            for status in sorted(chosen)}
+
+
+def query(param: str, schema: Schema, description: str, required: bool = False) -> Schema:
+    """A query parameter."""
+    return {"name": param, "in": "query", "required": required, "schema": schema,
+            "description": description}
+
+
+def read_signature_headers(what: str) -> list[Schema]:
+    """The three optional headers of a signed read (or ack, health)."""
+    return [
+        {"name": "X-Elipc-Timestamp", "in": "header", "required": False,
+         "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"},
+         "description": f"secure mode: integer Unix seconds of the {what} signature"},
+        {"name": "X-Elipc-Nonce", "in": "header", "required": False,
+         "schema": {"type": "string", "pattern": NONCE_PATTERN},
+         "description": "secure mode: never reused by the agent within the replay window"},
+        {"name": "X-Elipc-Signature", "in": "header", "required": False,
+         "schema": {"type": "string", "pattern": SIGNATURE_PATTERN},
+         "description": f"secure mode: base64 Ed25519 over the elipc/2 {what} payload"},
+    ]
+
+
+def operation(summary: str, description: str, responses: dict[str, Schema],
+              parameters: list[Schema] | None = None, body: Schema | None = None) -> Schema:
+    """One operation."""
+    described: Schema = {"summary": summary, "description": description,
+                         "responses": responses}
+    if parameters:
+        described["parameters"] = parameters
+    if body is not None:
+        described["requestBody"] = {"required": True, "content": json_content(body)}
+    return described
+
+
+def schemas(settings: Settings) -> dict[str, Schema]:
+    """The component schemas."""
+    text = {"type": "string"}
+    number = {"type": "number"}
+    return {
+        "Error": {"type": "object", "required": ["error"],
+                  "properties": {"error": {"type": "string"}}},
+        "SendBody": {
+            "type": "object", "required": ["channel", "sender", "content"],
+            "properties": {
+                "channel": {**name("a channel outside the reserved elipc/ space"),
+                            "not": {"pattern": f"^{RESERVED_PREFIX}"}},
+                "sender": name("who sends it"),
+                "content": {"type": "string", "minLength": 1,
+                            "maxLength": settings.max_content_bytes,
+                            "description": "UTF-8 text of at most "
+                                           f"{settings.max_content_bytes} bytes"},
+                "signature": {"type": "string", "pattern": SIGNATURE_PATTERN,
+                              "description": "base64 Ed25519 signature (elipc/2 with "
+                                             "timestamp and nonce, or el-ipc's alone)"},
+                "timestamp": {"type": "integer", "minimum": 0, "maximum": 999_999_999_999},
+                "nonce": {"type": "string", "pattern": NONCE_PATTERN},
+                "idempotency_key": name("one logical send of this sender (24 h)"),
+            },
+            "dependentRequired": {"timestamp": ["nonce", "signature"],
+                                  "nonce": ["timestamp", "signature"]},
+        },
+        "Accepted": {"type": "object", "required": ["ok", "id"], "properties": {
+            "ok": {"const": True}, "id": {"type": "integer", "minimum": 1},
+            "duplicate": {"const": True}}},
+        "RegisterBody": {
+            "type": "object",
+            "required": ["name", "public_key", "operator", "timestamp", "operator_signature"],
+            "properties": {
+                "name": name("the agent"), "operator": name("the authorizing operator"),
+                "public_key": {"type": "string", "description": "the agent's Ed25519 "
+                                                                "public key (PEM)"},
+                "identity": {"anyOf": [{"const": ""}, name("a secondary identifier")]},
+                "timestamp": {"type": "integer", "minimum": 0, "maximum": 999_999_999_999},
+                "operator_signature": {"type": "string", "pattern": SIGNATURE_PATTERN},
+            },
+            "not": {"required": ["operator_key"]},
+        },
+        "Registered": {"type": "object", "required": ["ok", "message"], "properties": {
+            "ok": {"const": True}, "message": text}},
+        "AckBody": {"type": "object", "required": ["channel", "agent", "up_to"], "properties": {
+            "channel": name("the channel"), "agent": name("whose watermark moves"),
+            "up_to": {"type": "integer", "minimum": 0}}},
+        "Acked": {"type": "object", "required": ["ok", "watermark"], "properties": {
+            "ok": {"const": True}, "watermark": {"type": "integer", "minimum": 0}}},
+        "Message": {
+            "type": "object", "required": ["id", "sender", "content", "timestamp"],
+            "properties": {
+                "id": {"type": "integer", "minimum": 1}, "sender": text, "content": text,
+                "timestamp": {**number, "description": "when the server stored it"},
+                "signed": {"const": True}, "signature": text,
+                "signed_timestamp": {"type": "integer"}, "nonce": text}},
+        "Channel": {"type": "object", "required": ["channel", "count", "last_message"],
+                    "properties": {"channel": text, "count": {"type": "integer"},
+                                   "last_message": number}},
+        "Agent": {
+            "type": "object",
+            "required": ["name", "identity", "role", "registered_by", "created_at",
+                         "public_key", "did"],
+            "properties": {
+                "name": text, "identity": text, "role": {"enum": ["operator", "agent"]},
+                "registered_by": {"type": ["string", "null"]}, "created_at": number,
+                "public_key": text, "did": {"type": ["string", "null"]}}},
+        "Health": {
+            "type": "object",
+            "required": ["status", "pending", "secure_mode", "security_events", "oldest_id"],
+            "properties": {
+                "status": {"const": "ok"}, "pending": {"type": "integer", "minimum": 0},
+                "secure_mode": {"type": "boolean"},
+                "security_events": {"type": "object",
+                                    "additionalProperties": {"type": "integer"}},
+                "oldest_id": {"type": ["integer", "null"]}}},
+        "AgentCard": {"type": "object", "required": ["name", "description", "version"],
+                      "description": "the A2A agent card (see docs/http-api.md)"},
+    }
+
+
+def paths(settings: Settings) -> dict[str, Schema]:
+    """Every route."""
+    wait_max = settings.max_wait
+    linger_max = min(MAX_LINGER, wait_max)
+    channel, agent = name("the channel"), name("the reading agent")
+    return {
+        "/send": {"post": operation(
+            "Send a message",
+            "Stores the message (once per Idempotency-Key) and wakes the channel's waiters. "
+            "Secure mode: signed by the sender's registered key.",
+            {"200": answer("stored (on disk)", ref("Accepted")), **errors("403", "409", "411")},
+            [{"name": "Idempotency-Key", "in": "header", "required": False,
+              "schema": name("one logical send of this sender (24 h)")}],
+            ref("SendBody"))},
+        "/register": {"post": operation(
+            "Register an agent's key",
+            "An operator's authorization, signed locally (elipc register). Never send a "
+            "private key: a body with operator_key is refused.",
+            {"200": answer("registered", ref("Registered")), **errors("403", "409", "411")},
+            body=ref("RegisterBody"))},
+        "/messages": {"get": operation(
+            "Read unread messages",
+            "The agent's unread messages, oldest first; wait=true long-polls for a first one. "
+            "The watermark moves past them (ack=manual: on POST /ack).",
+            {"200": answer("messages, oldest first", {"type": "array", "items": ref("Message")},
+                           **{"X-Elipc-More": MORE}),
+             **errors("403")},
+            [query("channel", channel, "the channel", required=True),
+             query("agent", agent, "whose unread messages (its watermark moves)",
+                   required=True),
+             query("wait", {"enum": ["true", "false"]}, "block until a first message"),
+             query("timeout", {"type": "number", "minimum": 0, "maximum": wait_max},
+                   f"seconds a wait may last (default {min(DEFAULT_WAIT_TIMEOUT, wait_max):g})"),
+             query("linger", {"type": "number", "minimum": 0, "maximum": linger_max},
+                   "seconds to gather a burst once something is unread"),
+             query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+                   f"at most this many (default {DEFAULT_PAGE})"),
+             query("ack", {"enum": ["auto", "manual"]},
+                   "manual: nothing moves until POST /ack"),
+             *read_signature_headers("read")])},
+        "/history": {"get": operation(
+            "A channel's history",
+            "Messages after after_id, oldest first, moving nothing. In secure mode the "
+            "elipc/ channels' history is not public.",
+            {"200": answer("messages, oldest first", {"type": "array", "items": ref("Message")},
+                           **{"X-Elipc-More": MORE}),
+             **errors("403")},
+            [query("channel", channel, "the channel", required=True),
+             query("after_id", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                   "only messages with a higher id (default 0)"),
+             query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+                   f"at most this many (default {DEFAULT_PAGE})")])},
+        "/ack": {"post": operation(
+            "Acknowledge messages read with ack=manual",
+            "Moves the agent's watermark to up_to (never backwards).",
+            {"200": answer("the watermark", ref("Acked")), **errors("403", "409", "411")},
+            read_signature_headers("ack"), ref("AckBody"))},
+        "/channels": {"get": operation(
+            "List channels", "Every channel with its count and last message time.",
+            {"200": answer("channels, most recently active first",
+                           {"type": "array", "items": ref("Channel")}), **errors()})},
+        "/agents": {"get": operation(
+            "List operators and agents", "The directory, with public keys and did:keys.",
+            {"200": answer("the directory, oldest first",
+                           {"type": "array", "items": ref("Agent")}), **errors()})},
+        "/health": {"get": operation(
+            "Status", "With channel and agent, that agent's pending count.",
+            {"200": answer("the status", ref("Health")), **errors("403")},
+            [query("channel", channel, "with agent: count its unread here"),
+             query("agent", agent, "with channel: whose unread to count"),
+             *read_signature_headers("read")])},
+        "/.well-known/agent-card.json": {"get": operation(
+            "The A2A agent card", "Who this server is, with a did:key once an operator exists.",
+            {"200": answer("the card", ref("AgentCard")), **errors()})},
+        "/openapi.json": {"get": operation(
+            "This description", "The OpenAPI 3.1 description of this server.",
+            {"200": answer("the description", {"type": "object"}), **errors()})},
+    }
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for a server with `settings`."""
+    document: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": "elipc", "version": __version__,
+                 "description": "A message queue between agents. Every error is "
+                                "{\"error\": \"<what was wrong>\"}."},
+        "servers": [{"url": settings.agent_url}],
+        "paths": paths(settings),
+        "components": {
+            "schemas": schemas(settings),
+            "responses": {f"E{status}": answer(text, ref("Error"))
+                          for status, text in ERRORS.items()},
+        },
+    }
+    if settings.api_key:
+        document["components"]["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "IPC_API_KEY, on every request"}}
+        document["security"] = [{"bearer": []}]
+    return document
+
+
+def main() -> None:
+    """Print the description of a server on default settings (docs/openapi.json)."""
+    json.dump(describe(Settings.load({})), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
