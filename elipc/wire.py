@@ -23,6 +23,9 @@ from elipc.model import (
     check_timestamp,
 )
 
+# 64 bytes are 86 base64 characters and "==".
+UNPADDED_SIGNATURE_CHARS = 86
+
 # The HTTP status of every domain error, most specific first (the first match wins).
 STATUS: tuple[tuple[type[ElipcError], int], ...] = (
     (TooLarge, 413),
@@ -70,29 +73,37 @@ def send_signature(body: dict[str, Any]) -> Signed:
     return Signed(signature(sig, "signature"), body_timestamp(timestamp), check_nonce(nonce))
 
 
+def whole_number(value: Any) -> int | None:
+    """A JSON integer as JSON Schema has it (46 or 46.0), or None for anything else (a
+    string, a boolean, a fraction)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    return value if isinstance(value, int) else None
+
+
 def body_timestamp(value: Any) -> int:
     """A body's timestamp: a JSON integer (not a string, not a boolean) of Unix seconds."""
-    if not isinstance(value, int) or isinstance(value, bool):
+    seconds = whole_number(value)
+    if seconds is None:
         raise InvalidInput("timestamp must be integer Unix seconds")
-    return check_timestamp(value)
+    return check_timestamp(seconds)
 
 
 def read_signature(timestamp: str | None, nonce: str | None,
                    sig: str | None) -> Signed | None:
-    """A signed read's or ack's X-Elipc-Timestamp, -Nonce and -Signature headers.
-
-    Fewer than the three is no signature (None: refused in secure mode, where reads must be
-    signed, and of no concern in open mode); a malformed one is a signature that cannot
-    verify (a stale timestamp, an empty signature), refused in secure mode as any bad one."""
-    if timestamp is None or nonce is None or sig is None:
+    """A signed read's or ack's X-Elipc-Timestamp, -Nonce and -Signature headers: each one
+    given must be well formed (InvalidInput otherwise); fewer than the three is no signature
+    (None: refused in secure mode, where reads must be signed, of no concern in open mode)."""
+    if sig is not None and len(sig) == UNPADDED_SIGNATURE_CHARS:
+        sig += "=="  # base64 without its padding, as header values often travel
+    checked = (None if timestamp is None else check_timestamp(timestamp),
+               None if nonce is None else check_nonce(nonce),
+               None if sig is None else signature(sig, "X-Elipc-Signature"))
+    if checked[0] is None or checked[1] is None or checked[2] is None:
         return None
-    seconds = int(timestamp) if timestamp.isascii() and timestamp.isdigit() else 0
-    try:
-        check_nonce(nonce)
-    except InvalidInput:
-        sig = ""
-    return Signed(sig if decode_signature(sig) is not None else "",
-                  min(seconds, 10**12), nonce)
+    return Signed(checked[2], checked[0], checked[1])
 
 
 def public_key(value: Any) -> str:

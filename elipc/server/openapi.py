@@ -25,12 +25,22 @@ from elipc.model import MAX_NAME_CHARS, RESERVED_PREFIX
 
 Schema = dict[str, Any]
 
-# Names: 1 to 256 characters, no C0 or C1 control characters, no line or paragraph separator.
+# Names: no C0 or C1 control characters, no line or paragraph separator. (Text is also
+# refused when it is not UTF-8, as a lone surrogate escaped in JSON is not: a rule of JSON
+# text, not said again here.)
 NAME_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029]*$"
+PEM_PATTERN = ("^-----BEGIN PUBLIC KEY-----\\r?\\nMCowBQYDK2VwAyEA[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=\\r?\\n"
+               "-----END PUBLIC KEY-----\\r?\\n?$")
 SIGNATURE_PATTERN = "^[A-Za-z0-9+/]{86}==$"
 NONCE_PATTERN = "^[A-Za-z0-9_-]{8,64}$"
 MORE = {"description": "whether more messages wait behind this page", "required": True,
         "schema": {"enum": ["true", "false"]}}
+
+
+NULL: Schema = {"type": "null"}
+SIGNATURE: Schema = {"type": "string", "minLength": 88, "maxLength": 88,
+                     "pattern": SIGNATURE_PATTERN}
+TIMESTAMP: Schema = {"type": "integer", "minimum": 0, "maximum": 999_999_999_999}
 
 
 def name(description: str) -> Schema:
@@ -85,14 +95,18 @@ def read_signature_headers(what: str) -> list[Schema]:
     """The three optional headers of a signed read (or ack, health)."""
     return [
         {"name": "X-Elipc-Timestamp", "in": "header", "required": False,
-         "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"},
+         "schema": {"type": "string", "minLength": 1, "maxLength": 12,
+                    "pattern": "^[0-9]{1,12}$"},
          "description": f"secure mode: integer Unix seconds of the {what} signature"},
         {"name": "X-Elipc-Nonce", "in": "header", "required": False,
-         "schema": {"type": "string", "pattern": NONCE_PATTERN},
+         "schema": {"type": "string", "minLength": 8, "maxLength": 64,
+                    "pattern": NONCE_PATTERN},
          "description": "secure mode: never reused by the agent within the replay window"},
         {"name": "X-Elipc-Signature", "in": "header", "required": False,
-         "schema": {"type": "string", "pattern": SIGNATURE_PATTERN},
-         "description": f"secure mode: base64 Ed25519 over the elipc/2 {what} payload"},
+         "schema": {"type": "string", "minLength": 86, "maxLength": 88,
+                    "pattern": "^[A-Za-z0-9+/]{86}(==)?$"},
+         "description": f"secure mode: base64 Ed25519 over the elipc/2 {what} payload "
+                        "(its == padding may be left out)"},
     ]
 
 
@@ -125,15 +139,25 @@ def schemas(settings: Settings) -> dict[str, Schema]:
                             "maxLength": settings.max_content_bytes,
                             "description": "UTF-8 text of at most "
                                            f"{settings.max_content_bytes} bytes"},
-                "signature": {"type": "string", "pattern": SIGNATURE_PATTERN,
+                "signature": {"type": ["string", "null"],
                               "description": "base64 Ed25519 signature (elipc/2 with "
-                                             "timestamp and nonce, or el-ipc's alone)"},
-                "timestamp": {"type": "integer", "minimum": 0, "maximum": 999_999_999_999},
-                "nonce": {"type": "string", "pattern": NONCE_PATTERN},
-                "idempotency_key": name("one logical send of this sender (24 h)"),
+                                             "timestamp and nonce, or el-ipc's alone); empty "
+                                             "or null: unsigned"},
+                "timestamp": {"type": ["integer", "null"]},
+                "nonce": {"type": ["string", "null"]},
+                "idempotency_key": {"anyOf": [{"type": "null"},
+                                              name("one logical send of this sender")]},
             },
-            "dependentRequired": {"timestamp": ["nonce", "signature"],
-                                  "nonce": ["timestamp", "signature"]},
+            # Unsigned; el-ipc's signature alone; or elipc/2's signature, timestamp and nonce.
+            "anyOf": [
+                {"properties": {"signature": {"enum": ["", None]}, "timestamp": NULL,
+                                "nonce": NULL}},
+                {"required": ["signature"],
+                 "properties": {"signature": SIGNATURE, "timestamp": NULL, "nonce": NULL}},
+                {"required": ["signature", "timestamp", "nonce"],
+                 "properties": {"signature": SIGNATURE, "timestamp": TIMESTAMP,
+                                "nonce": {"type": "string", "pattern": NONCE_PATTERN}}},
+            ],
         },
         "Accepted": {"type": "object", "required": ["ok", "id"], "properties": {
             "ok": {"const": True}, "id": {"type": "integer", "minimum": 1},
@@ -143,11 +167,12 @@ def schemas(settings: Settings) -> dict[str, Schema]:
             "required": ["name", "public_key", "operator", "timestamp", "operator_signature"],
             "properties": {
                 "name": name("the agent"), "operator": name("the authorizing operator"),
-                "public_key": {"type": "string", "description": "the agent's Ed25519 "
-                                                                "public key (PEM)"},
-                "identity": {"anyOf": [{"const": ""}, name("a secondary identifier")]},
-                "timestamp": {"type": "integer", "minimum": 0, "maximum": 999_999_999_999},
-                "operator_signature": {"type": "string", "pattern": SIGNATURE_PATTERN},
+                "public_key": {"type": "string", "pattern": PEM_PATTERN,
+                               "description": "the agent's Ed25519 public key (PEM)"},
+                "identity": {"anyOf": [{"type": "null"}, {"const": ""},
+                                       name("a secondary identifier")]},
+                "timestamp": TIMESTAMP,
+                "operator_signature": SIGNATURE,
             },
             "not": {"required": ["operator_key"]},
         },
@@ -155,7 +180,7 @@ def schemas(settings: Settings) -> dict[str, Schema]:
             "ok": {"const": True}, "message": text}},
         "AckBody": {"type": "object", "required": ["channel", "agent", "up_to"], "properties": {
             "channel": name("the channel"), "agent": name("whose watermark moves"),
-            "up_to": {"type": "integer", "minimum": 0}}},
+            "up_to": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}}},
         "Acked": {"type": "object", "required": ["ok", "watermark"], "properties": {
             "ok": {"const": True}, "watermark": {"type": "integer", "minimum": 0}}},
         "Message": {

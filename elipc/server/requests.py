@@ -123,7 +123,7 @@ def _header(request: IRequest, name: bytes) -> str | None:
 
 def up_to(body: dict[str, Any]) -> int:
     """An ack's message id."""
-    value = body.get("up_to")
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    value = wire.whole_number(body.get("up_to"))
+    if value is None or not 0 <= value < 2**63:
         raise InvalidInput("up_to must be a message id (a whole number)")
     return value

@@ -183,12 +183,11 @@ class HttpApi:
     @route("/health", "GET", "channel", "agent")
     async def health(self, request: IRequest, params: dict[str, str]) -> bytes:
         """GET /health[?channel&agent] -> {status, pending, secure_mode, security_events}."""
-        channel, agent = params.get("channel", ""), params.get("agent", "")
-        if channel:
-            check_name(channel, "channel")
-        if agent:
-            check_name(agent, "agent")
-        signed = requests.read_signature(request) if channel and agent else None
+        channel = check_name(params["channel"], "channel") if "channel" in params else ""
+        agent = check_name(params["agent"], "agent") if "agent" in params else ""
+        signed = requests.read_signature(request)  # checked even when it will not be used
+        if not (channel and agent):
+            signed = None
         return json_bytes(request, 200, await self.broker.health(channel, agent, signed))
 
     @route("/.well-known/agent-card.json", "GET")
