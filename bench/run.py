@@ -92,10 +92,10 @@ def raise_fd_limit() -> None:
 class Server:
     """A real `twist elipc` process on a free port."""
 
-    def __init__(self, db_path: str, log_path: str) -> None:
+    def __init__(self, db_path: str, log_path: str, **environ: str) -> None:
         self.port = free_port()
         self.log = open(log_path, "ab")
-        env = dict(BASE_ENV)
+        env = {**BASE_ENV, **environ}
         env["IPC_DB_PATH"] = db_path
         self.proc = subprocess.Popen(
             [os.path.join(BIN, "twist"), "--log-format=text", "elipc", "--port",
@@ -186,6 +186,41 @@ async def concurrent_sends(port: int, connections: int, each: int) -> dict[str, 
             ms(x) for x in (percentile(latencies, 50), percentile(latencies, 99),
                             max(latencies))),
     }
+
+
+async def send_rate(port: int, connections: int, each: int) -> float:
+    """Sends per second over `connections` keep-alive connections."""
+    async def worker(n: int) -> None:
+        conn = await Connection.open(port)
+        for i in range(each):
+            status, _ = await conn.request(
+                "POST", "/send", {"channel": f"ab{n % 4}", "sender": "b", "content": f"m{i}"})
+            assert status == 200
+        conn.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(n) for n in range(connections)))
+    return connections * each / (time.perf_counter() - started)
+
+
+def metrics_cost(work: str, rounds: int, each: int) -> dict[str, str]:
+    """Interleaved A/B: send throughput at 16 connections with metrics off (A) and on (B),
+    alternating rounds on two servers so drift in the machine's load hits both alike."""
+    servers = {label: Server(os.path.join(work, f"metrics-{label}.db"),
+                             os.path.join(work, f"metrics-{label}.log"), IPC_METRICS=flag)
+               for label, flag in (("off", "0"), ("on", "1"))}
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    try:
+        for round_ in range(rounds):
+            order = ("off", "on") if round_ % 2 == 0 else ("on", "off")
+            for label in order:
+                rates[label].append(asyncio.run(send_rate(servers[label].port, 16, each)))
+    finally:
+        for server in servers.values():
+            server.stop()
+    off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
+    return {f"metrics cost at 16 connections, A/B x{rounds}: off / on (median)":
+            f"{off:,.0f} / {on:,.0f} msgs/s ({(on - off) / off:+.1%})"}
 
 
 async def wake_latency(port: int, rounds: int) -> dict[str, str]:
@@ -514,6 +549,7 @@ def run_all(work: str, scale: float) -> dict[str, str]:
                 lambda s: health_under_load(s, 1000, n(500)))
     with_server("follow-remote.db", lambda s: _now(follow_latency(
         os.path.join(work, "follow-remote.db"), n(200), s)))
+    rows.update(metrics_cost(work, max(4, int(10 * scale)), n(300)))
     with_server("polls.db", lambda s: many_long_polls(s, n(10000)))
     empty, full = os.path.join(work, "empty.db"), os.path.join(work, "full.db")
     preload(empty, 0)

@@ -220,6 +220,8 @@ TABLE: tuple[Setting, ...] = (
             False, "`0`", "`1` refuses el-ipc's replayable signatures", flag=True),
     Setting("retention", "IPC_RETENTION", "retention", parse_duration, 0.0, "`0` (keep all)",
             "delete messages older than this (`7d`, `12h`, seconds)"),
+    Setting("metrics", "IPC_METRICS", None, parse_flag, True, "`1`",
+            "`0` turns Prometheus metrics off (`/metrics` then answers 404)", fronts=()),
     Setting("server_url", "IPC_SERVER_URL", "server", parse_text, "", "none",
             "make the CLI a client of this server", fronts=("cli",)),
     # Who a session is, for the commands that act as one agent (mcp, follow, inbox): set once
@@ -263,6 +265,7 @@ class Settings(NamedTuple):
     replay_window: float
     strict_signatures: bool
     retention: float
+    metrics: bool
     server_url: str
     agent: str
     key_file: str

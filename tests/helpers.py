@@ -11,6 +11,7 @@ import sys
 import tempfile
 from typing import Any
 
+from twisted.internet.defer import maybeDeferred
 from twisted.trial.unittest import SynchronousTestCase
 
 # Long enough for a loaded CI machine, short enough that a hung subprocess fails its test.
@@ -167,7 +168,9 @@ class Server:
         self.writer, self.reader = SynchronousPool(self.path), SynchronousPool(self.path)
         case.addCleanup(self.writer.close)
         case.addCleanup(self.reader.close)
-        wired = build(self.settings, self.clock, self.writer, self.reader, listen=False)
+        # Work the real server sends to a thread (rendering /metrics) runs here, at once.
+        wired = build(self.settings, self.clock, self.writer, self.reader, listen=False,
+                      offload=maybeDeferred)
         self.database, self.broker, self.site = wired.database, wired.broker, wired.site
         self.service = wired.service
         self.http = StubTreq(self.site.resource)

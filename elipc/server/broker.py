@@ -9,6 +9,7 @@ it answers every pending long-poll.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -23,6 +24,7 @@ from elipc.agentcard import build_card
 from elipc.config import DEFAULT_PAGE, Settings
 from elipc.model import Accepted, Agent, Page, Signed
 from elipc.server.database import ChangeFeed, Database
+from elipc.server.metrics import Metrics
 from elipc.server.security import SecurityEvents
 from elipc.server.waiters import Waiters
 
@@ -35,15 +37,16 @@ class Broker(MultiService):
     """Send, read (with long-poll), register, and the read-only views, for one database."""
 
     def __init__(self, database: Database, waiters: Waiters, feed: ChangeFeed,
-                 clock: IReactorTime, settings: Settings) -> None:
+                 clock: IReactorTime, settings: Settings, metrics: Metrics) -> None:
         super().__init__()
+        self.metrics = metrics
         self._db = database
         self._clock = clock
         self._settings = settings
         self._feed = feed
         self.policy = operations.Policy.from_settings(settings)
         self.waiters = waiters
-        self.security = SecurityEvents(database, waiters, clock)
+        self.security = SecurityEvents(database, waiters, clock, metrics.refusals)
         self._timer(self._forget_expired)
         if settings.retention:
             self._timer(self._retention_tick)
@@ -66,14 +69,17 @@ class Broker(MultiService):
                    idempotency_key: str | None = None) -> Accepted:
         """Store a message (secure mode: verified; once per idempotency key) and wake the
         channel's waiters."""
+        started = time.perf_counter()
         accepted: Accepted = await self._db.write(
             operations.accept_message, channel, sender, content, signed,
             self._clock.seconds(), self.policy, idempotency_key,
         )
+        self.metrics.send_seconds.observe(time.perf_counter() - started)
         if accepted.replayable:
             log.info("accepted an el-ipc (replayable) signature from {sender} on {channel}",
                      sender=sender, channel=channel, kind="replayable_signature")
         if not accepted.duplicate:
+            self.metrics.sends.inc()
             self.waiters.wake(channel)
         return accepted
 
@@ -99,6 +105,7 @@ class Broker(MultiService):
         await self._authorize(channel, agent, signed)
         deadline = self._clock.seconds() + (timeout if wait else 0.0)
         gather = wait and linger > 0
+        woken: float | None = None
         while True:
             if not gather or await self._db.write(store.pending_count, channel, agent):
                 if gather:
@@ -106,10 +113,19 @@ class Broker(MultiService):
                 page: Page = await self._db.write(store.unread_page, channel, agent, limit,
                                                   None, not manual)
                 if page.messages or not wait:
-                    return page
+                    return self._answered(page, woken)
             remaining = deadline - self._clock.seconds()
             if remaining <= 0 or not await self._wait(channel, remaining):
-                return Page([], False)
+                return self._answered(Page([], False), None)
+            woken = time.perf_counter()  # the wake runs this at once, from the commit
+
+    def _answered(self, page: Page, woken: float | None) -> Page:
+        self.metrics.reads.inc()
+        if page.messages:
+            self.metrics.delivered.inc(len(page.messages))
+            if woken is not None:
+                self.metrics.wake_seconds.observe(time.perf_counter() - woken)
+        return page
 
     def _wait(self, channel: str, timeout: float) -> Deferred[bool]:
         waiting = self.waiters.wait(channel, timeout)
@@ -120,7 +136,9 @@ class Broker(MultiService):
         """Move `agent`'s watermark on `channel` to `up_to` (signed in secure mode)."""
         await self._db.write(operations.authorize_read, channel, agent, signed,
                              self._clock.seconds(), self.policy, up_to)
-        return int(await self._db.write(store.acknowledge, channel, agent, up_to))
+        watermark = int(await self._db.write(store.acknowledge, channel, agent, up_to))
+        self.metrics.acks.inc()
+        return watermark
 
     async def history(self, channel: str, after_id: int, limit: int) -> Page:
         """Messages of `channel` after `after_id` (and whether more follow); moves nothing."""

@@ -12,6 +12,7 @@ ChangeFeed asks for those turns every 10 ms while anyone waits, and not at all o
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -29,6 +30,8 @@ from elipc.server.waiters import Waiters
 
 log = Logger(namespace="elipc.database")
 Operation = Callable[[Any], Any]
+# Hears each writer turn that ran writes: how many, and how long the batch and commit took.
+TurnHook = Callable[[int, float], None]
 Pool = Any  # adbapi.ConnectionPool, or the tests' synchronous stand-in with the same methods
 # While anyone waits, how often the writer checks for other processes' commits.
 EXTERNAL_COMMIT_POLL_S = 0.01
@@ -91,13 +94,22 @@ class CommitWatch:
         return channels
 
 
-def run_turn(db: Any, operations: list[Operation], watch: CommitWatch,
-             opened: OpenedFile) -> tuple[list[tuple[bool, Any]], set[str]]:
+def run_turn(db: Any, operations: list[Operation], watch: CommitWatch, opened: OpenedFile,
+             on_turn: TurnHook) -> tuple[list[tuple[bool, Any]], set[str]]:
     """One writer turn: check the file is still the one opened, look for other processes'
-    commits, then run the batch."""
+    commits, then run the batch (timed, for `on_turn`)."""
     opened.check()
     changed = watch.check(db)
-    return (store.run_batch(db, operations) if operations else []), changed
+    if not operations:
+        return [], changed
+    started = time.perf_counter()
+    outcomes = store.run_batch(db, operations)
+    on_turn(len(operations), time.perf_counter() - started)
+    return outcomes, changed
+
+
+def _no_hook(batch: int, seconds: float) -> None:
+    pass
 
 
 class Database:
@@ -105,7 +117,8 @@ class Database:
     which channels other processes wrote to."""
 
     def __init__(self, path: str, writer: Pool, readers: Pool,
-                 on_external_commit: Callable[[set[str]], None]) -> None:
+                 on_external_commit: Callable[[set[str]], None],
+                 on_turn: TurnHook = _no_hook) -> None:
         self._opened = OpenedFile(path)
         self._writer = writer
         self._readers = readers
@@ -115,6 +128,7 @@ class Database:
         self._watch = CommitWatch()
         self._drained: list[Deferred[None]] = []
         self._on_external_commit = on_external_commit
+        self._on_turn = on_turn
         self._closed = False
         self._gone_reported = False
 
@@ -143,6 +157,10 @@ class Database:
         result: Deferred[Any] = self._readers.runWithConnection(
             _checked, self._opened, function, args)
         return result
+
+    def __len__(self) -> int:
+        """How many writes wait for the writer's next turn."""
+        return len(self._queue)
 
     def poll(self) -> None:
         """Look for other processes' commits soon (a turn with nothing else to do is cheap)."""
@@ -178,7 +196,7 @@ class Database:
             return
         batch, self._queue, self._poll_wanted = self._queue, [], False
         self._turn = self._writer.runWithConnection(
-            run_turn, [op for op, _ in batch], self._watch, self._opened
+            run_turn, [op for op, _ in batch], self._watch, self._opened, self._on_turn
         )
         self._turn.addBoth(self._finish_turn, batch)
 

@@ -289,6 +289,14 @@ def paths(settings: Settings) -> dict[str, Schema]:
         "/.well-known/agent-card.json": {"get": operation(
             "The A2A agent card", "Who this server is, with a did:key once an operator exists.",
             {"200": answer("the card", ref("AgentCard")), **errors()})},
+        "/metrics": {"get": operation(
+            "Prometheus metrics",
+            "Counters, gauges and histograms of this server, and its process, in Prometheus' "
+            "text format (behind the bearer key when one is set).",
+            {"200": {"description": "the text exposition, version 0.0.4",
+                     "content": {"text/plain": {"schema": {"type": "string"}}}},
+             "404": answer("metrics are off (IPC_METRICS=0)", ref("Error")),
+             **errors()})},
         "/openapi.json": {"get": operation(
             "This description", "The OpenAPI 3.1 description of this server.",
             {"200": answer("the description", {"type": "object"}), **errors()})},

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+from prometheus_client import Counter as Counter_
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -23,8 +24,10 @@ class SecurityEvents:
     """Counts every refusal, logs it with named fields, and writes it (at most
     EVENTS_PER_MINUTE a minute, so a flood cannot fill the disk) to the security channel."""
 
-    def __init__(self, database: Database, waiters: Waiters, clock: IReactorTime) -> None:
+    def __init__(self, database: Database, waiters: Waiters, clock: IReactorTime,
+                 counted: Counter_ | None = None) -> None:
         self._database = database
+        self._counted = counted
         self._waiters = waiters
         self._clock = clock
         self.counts: Counter[str] = Counter()
@@ -35,6 +38,8 @@ class SecurityEvents:
     def __call__(self, kind: str, reason: str, remote: str, **context: str) -> None:
         """One refused request: `kind` names it; `context` may hold sender, channel, agent."""
         self.counts[kind] += 1
+        if self._counted is not None:
+            self._counted.labels(kind).inc()
         log.warn("security event {kind}: {reason} (from {remote})", kind=kind, reason=reason,
                  remote=remote, security=True, **context)
         now = self._clock.seconds()

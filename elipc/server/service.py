@@ -16,7 +16,8 @@ from __future__ import annotations
 import gc
 import sys
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -31,10 +32,12 @@ from elipc.config import Settings, prepare_db_location
 from elipc.model import ConfigError
 from elipc.server.broker import Broker
 from elipc.server.database import ChangeFeed, Database, Pool, sqlite_pool
-from elipc.server.site import ElipcSite
+from elipc.server.metrics import Metrics
+from elipc.server.site import ElipcSite, Offload
 from elipc.server.waiters import Waiters
 from elipc.server.web import make_site
 
+T = TypeVar("T")
 log = Logger(namespace="elipc.service")
 WRITER_CONNECTIONS, READER_CONNECTIONS = 1, 2
 CLOSE_TIMEOUT_S = 5.0
@@ -198,19 +201,27 @@ class Server:
 
 
 def build(settings: Settings, reactor: Any, writer: Pool | None = None,
-          readers: Pool | None = None, listen: bool = True) -> Server:
+          readers: Pool | None = None, listen: bool = True,
+          offload: Offload | None = None) -> Server:
     """Wire a server over `settings.db_path`: pools (adbapi unless given), waiters, the
-    change feed, the broker, the site, and the service tree (with a listener if `listen`)."""
+    change feed, the broker, the site, and the service tree (with a listener if `listen`).
+    `offload` runs blocking work off the reactor thread (default: the reactor's thread pool).
+    """
     clock: IReactorTime = reactor
+    metrics = Metrics(settings.metrics)
     waiters = Waiters(clock)
     database = Database(
         settings.db_path,
         writer or sqlite_pool(settings.db_path, WRITER_CONNECTIONS, reactor),
         readers or sqlite_pool(settings.db_path, READER_CONNECTIONS, reactor),
         on_external_commit=waiters.wake_channels,
+        on_turn=metrics.writer_turn,
     )
-    broker = Broker(database, waiters, ChangeFeed(database, waiters, clock), clock, settings)
-    site = make_site(broker, settings, clock)
+    broker = Broker(database, waiters, ChangeFeed(database, waiters, clock), clock, settings,
+                    metrics)
+    site = make_site(broker, settings, clock, offload or _thread_pool(reactor))
+    metrics.watch(waiting=lambda: len(waiters), streams=site.open_streams,
+                  queued=lambda: len(database))
     service = ElipcService()
     Connections(site).setServiceParent(service)
     StorageService(database).setServiceParent(service)
@@ -218,6 +229,14 @@ def build(settings: Settings, reactor: Any, writer: Pool | None = None,
     if listen:
         Listener(settings, site, reactor).setServiceParent(service)
     return Server(settings, database, waiters, broker, site, service)
+
+
+def _thread_pool(reactor: Any) -> Offload:
+    from twisted.internet.threads import deferToThreadPool
+
+    def offload(work: Callable[[], T]) -> Deferred[T]:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), work)
+    return offload
 
 
 def check_database(settings: Settings) -> None:

@@ -26,6 +26,10 @@ from werkzeug.exceptions import BadHost, HTTPException
 log = Logger(namespace="elipc.web")
 
 
+# Runs blocking work off the reactor thread and fires with its result.
+Offload = Callable[[Callable[[], Any]], "Deferred[Any]"]
+
+
 def json_bytes(request: IRequest, status: int, value: object) -> bytes:
     """Set `status` and the JSON content type; return `value` encoded."""
     body = json.dumps(value).encode("utf-8")
@@ -196,14 +200,20 @@ class Front(Resource):
 
     isLeaf = True
 
-    def __init__(self, app: Resource, api_key: str, security: Callable[..., None]) -> None:
+    def __init__(self, app: Resource, api_key: str, security: Callable[..., None],
+                 bytes_in: Callable[[int], None]) -> None:
         super().__init__()
         self._app = app
         self._security = security
+        self._bytes_in = bytes_in
         self._expected = f"Bearer {api_key}".encode("utf-8") if api_key else b""
 
     def render(self, request: ElipcRequest) -> Any:
         request.notifyFinish().addErrback(_log_gone, request)
+        body = request.content
+        if body is not None and (received := body.seek(0, 2)):
+            body.seek(0)
+            self._bytes_in(received)
         if self._expected and not self._authorized(request):
             self._security("api_key", "missing or wrong API key", remote_address(request))
             return json_bytes(request, 401, {"error": "unauthorized"})
@@ -262,7 +272,12 @@ class ElipcSite(Site):
         self.clock = clock
         self.max_body_bytes = max_body_bytes
         self.open_channels: set[ElipcChannel] = set()
+        self.streams: set[object] = set()  # the open event streams (GET /stream)
         self._all_closed: list[Deferred[None]] = []
+
+    def open_streams(self) -> float:
+        """How many event streams are open (a metrics gauge)."""
+        return float(len(self.streams))
 
     def channel_closed(self, channel: ElipcChannel) -> None:
         """Forget a channel whose connection is gone."""

@@ -44,7 +44,8 @@ from elipc.model import (
 from elipc.server import requests
 from elipc.server.broker import Broker
 from elipc.server.openapi import describe
-from elipc.server.site import ElipcSite, Front, json_bytes, remote_address
+from elipc.server.metrics import CONTENT_TYPE
+from elipc.server.site import ElipcSite, Front, Offload, json_bytes, remote_address
 
 log = Logger(namespace="elipc.web")
 
@@ -84,9 +85,10 @@ class HttpApi:
 
     app = _APP
 
-    def __init__(self, broker: Broker, settings: Settings) -> None:
+    def __init__(self, broker: Broker, settings: Settings, offload: Offload) -> None:
         self.broker = broker
         self.settings = settings
+        self.offload = offload
         self.description = describe(settings)
 
     @route("/send", "POST")
@@ -200,6 +202,16 @@ class HttpApi:
         """The OpenAPI 3.1 description of this server (its limits, its bearer key)."""
         return json_bytes(request, 200, self.description)
 
+    @route("/metrics", "GET")
+    async def metrics(self, request: IRequest, params: dict[str, str]) -> bytes:
+        """Prometheus' text exposition, rendered in a thread."""
+        if not self.broker.metrics.enabled:
+            return json_bytes(request, 404, {"error": "metrics are off (IPC_METRICS=0)"})
+        body: bytes = await self.offload(self.broker.metrics.render)
+        request.setHeader(b"Content-Type", CONTENT_TYPE.encode("ascii"))
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        return body
+
     @app.handle_errors(ElipcError)
     def refused(self, request: IRequest, failure: Failure) -> bytes:
         """Every domain error: its status from STATUS, its message as the error."""
@@ -250,8 +262,10 @@ def _did(public_key: str) -> str | None:
         return None  # an entry el-ipc stored without a usable key
 
 
-def make_site(broker: Broker, settings: Settings, clock: IReactorTime) -> ElipcSite:
-    """The complete HTTP site for `broker`."""
-    api = HttpApi(broker, settings)
-    front = Front(api.app.resource(), settings.api_key, broker.security)
+def make_site(broker: Broker, settings: Settings, clock: IReactorTime,
+              offload: Offload) -> ElipcSite:
+    """The complete HTTP site for `broker`; `offload` runs blocking work in a thread."""
+    api = HttpApi(broker, settings, offload)
+    front = Front(api.app.resource(), settings.api_key, broker.security,
+                  broker.metrics.bytes_in.inc)
     return ElipcSite(front, clock, settings.max_body_bytes)
