@@ -33,6 +33,9 @@ DEFAULT_AGENT_DESC = (
 )
 # A long backlog: bursts of agents (re)connecting must not overflow the accept queue.
 LISTEN_BACKLOG = 1024
+# Rate limits no well-behaved agent meets: 100 requests a second, 200 at once.
+DEFAULT_RATE_LIMIT = 100.0
+DEFAULT_RATE_BURST = 200
 # How long a remote call may take beyond the long-poll it asked for.
 REQUEST_TIMEOUT = 30.0
 
@@ -83,6 +86,17 @@ def parse_urls(text: str, name: str) -> tuple[str, ...]:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"{name} must list http(s) URLs, not {url!r}")
     return urls
+
+
+def parse_rate(text: str, name: str) -> float:
+    """A number of requests a second, 0 or more (0: off)."""
+    try:
+        rate = float(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of requests a second, not {text!r}") from None
+    if not 0 <= rate < float("inf"):
+        raise ConfigError(f"{name} must be 0 (off) or more, not {text!r}")
+    return rate
 
 
 def parse_flag(text: str, name: str) -> bool:
@@ -220,6 +234,13 @@ TABLE: tuple[Setting, ...] = (
             False, "`0`", "`1` refuses el-ipc's replayable signatures", flag=True),
     Setting("retention", "IPC_RETENTION", "retention", parse_duration, 0.0, "`0` (keep all)",
             "delete messages older than this (`7d`, `12h`, seconds)"),
+    Setting("rate_limit", "IPC_RATE_LIMIT", "rate-limit", parse_rate, DEFAULT_RATE_LIMIT,
+            f"`{DEFAULT_RATE_LIMIT:g}`", "requests a second each sender (or agent) may make "
+            "from one address, and each address for requests naming nobody; `0` turns rate "
+            "limits off; over it: 429 with Retry-After"),
+    Setting("rate_burst", "IPC_RATE_BURST", "rate-burst", parse_positive, DEFAULT_RATE_BURST,
+            f"`{DEFAULT_RATE_BURST}`", "requests a sender or address may make at once before "
+            "the rate applies"),
     Setting("metrics", "IPC_METRICS", None, parse_flag, True, "`1`",
             "`0` turns Prometheus metrics off (`/metrics` then answers 404)", fronts=()),
     Setting("server_url", "IPC_SERVER_URL", "server", parse_text, "", "none",
@@ -265,6 +286,8 @@ class Settings(NamedTuple):
     replay_window: float
     strict_signatures: bool
     retention: float
+    rate_limit: float
+    rate_burst: int
     metrics: bool
     server_url: str
     agent: str

@@ -285,6 +285,10 @@ def _optional(**values: float | int | None) -> list[tuple[str, str]]:
 # -- retries -------------------------------------------------------------------------------
 
 
+# The longest a client waits on a server's Retry-After before asking again.
+MAX_RETRY_AFTER = 60
+
+
 class RetryPolicy(NamedTuple):
     """How often and how patiently a failed request is tried again: `retries` more times,
     waiting `backoff` seconds doubled per try, at most `max_backoff`, times a jitter in
@@ -307,11 +311,16 @@ def exchange(call: Call[T], policy: RetryPolicy,
              random: Callable[[], float]) -> Generator[Step, Outcome, T]:
     """Drive `call` without I/O: yields an HttpRequest (send back its HttpResponse or a
     TransportFailure) or a float (sleep that many seconds, send back None); returns the
-    parsed result. 5xx and failures are retried; a 4xx raises ClientError at once; the
-    last failure raises Unreachable."""
+    parsed result. 5xx and failures are retried after a backoff, a 429 after its
+    Retry-After; any other 4xx raises ClientError at once; the last failure raises
+    Unreachable (the last 429, ClientError)."""
     for attempt in range(policy.retries + 1):
         request = call.build()
         outcome = yield request
+        if (isinstance(outcome, HttpResponse) and outcome.status == 429
+                and attempt < policy.retries):
+            yield retry_after(outcome, policy.delay(attempt, random()))
+            continue  # nothing was done: the same call again (a send keeps its key)
         if isinstance(outcome, HttpResponse) and outcome.status < 500:
             return call.parse(outcome)
         failure = describe(outcome)
@@ -320,6 +329,15 @@ def exchange(call: Call[T], policy: RetryPolicy,
                               f"tries: {failure}")
         yield policy.delay(attempt, random())
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def retry_after(response: HttpResponse, otherwise: float) -> float:
+    """How long a 429 asks to wait (its Retry-After seconds, at most MAX_RETRY_AFTER), or
+    `otherwise` when it does not say in seconds."""
+    text = response.headers.get("retry-after", "")
+    if not (text.isascii() and text.isdigit()):
+        return otherwise
+    return float(min(int(text), MAX_RETRY_AFTER))
 
 
 def describe(outcome: Outcome) -> str:

@@ -40,6 +40,7 @@ class Broker(MultiService):
                  clock: IReactorTime, settings: Settings, metrics: Metrics) -> None:
         super().__init__()
         self.metrics = metrics
+        self.clock = clock
         self._db = database
         self._clock = clock
         self._settings = settings

@@ -33,6 +33,8 @@ PEM_PATTERN = ("^-----BEGIN PUBLIC KEY-----\\r?\\nMCowBQYDK2VwAyEA[A-Za-z0-9+/]{
                "-----END PUBLIC KEY-----\\r?\\n?$")
 SIGNATURE_PATTERN = "^[A-Za-z0-9+/]{86}==$"
 NONCE_PATTERN = "^[A-Za-z0-9_-]{8,64}$"
+RETRY_AFTER = {"description": "whole seconds until a request may pass", "required": True,
+               "schema": {"type": "integer", "minimum": 1}}
 MORE = {"description": "whether more messages wait behind this page", "required": True,
         "schema": {"enum": ["true", "false"]}}
 
@@ -74,13 +76,14 @@ ERRORS = {
     "409": "already done: a reused nonce or registration, or an ack past the last message",
     "411": "a body with neither Content-Length nor chunked encoding",
     "413": "the body or the message content is over its limit",
+    "429": "over the rate limit: wait Retry-After seconds",
     "503": "the database is unavailable (busy, full, or its file replaced); retry later",
 }
 
 
 def errors(*statuses: str) -> dict[str, Schema]:
     """The error answers of an operation: those every request may get, and `statuses`."""
-    chosen = {"400", "401", "413", "503", *statuses}
+    chosen = {"400", "401", "413", "429", "503", *statuses}
     return {status: {"$ref": f"#/components/responses/E{status}"}
             for status in sorted(chosen)}
 
@@ -314,7 +317,8 @@ def describe(settings: Settings) -> dict[str, Any]:
         "paths": paths(settings),
         "components": {
             "schemas": schemas(settings),
-            "responses": {f"E{status}": answer(text, ref("Error"))
+            "responses": {f"E{status}": answer(text, ref("Error"), **(
+                {"Retry-After": RETRY_AFTER} if status == "429" else {}))
                           for status, text in ERRORS.items()},
         },
     }

@@ -44,6 +44,7 @@ from elipc.model import (
 from elipc.server import requests
 from elipc.server.broker import Broker
 from elipc.server.openapi import describe
+from elipc.server.limits import RateLimited, RateLimits
 from elipc.server.metrics import CONTENT_TYPE
 from elipc.server.site import ElipcSite, Front, Offload, json_bytes, remote_address
 
@@ -51,7 +52,8 @@ log = Logger(namespace="elipc.web")
 
 # The HTTP status of every domain error, most specific first (the first match wins): the
 # table every front shares, and what only HTTP framing here can get wrong.
-STATUS: tuple[tuple[type[ElipcError], int], ...] = ((requests.LengthRequired, 411), *wire.STATUS)
+STATUS: tuple[tuple[type[ElipcError], int], ...] = (
+    (requests.LengthRequired, 411), (RateLimited, 429), *wire.STATUS)
 
 Handler = Callable[[Any, IRequest, dict[str, str]], Awaitable[bytes]]
 H = TypeVar("H", bound=Handler)
@@ -62,12 +64,15 @@ _APP = Klein()
 QUERY_PARAMS: dict[tuple[str, str], tuple[str, ...]] = {}
 
 
-def route(path: str, method: str, *params: str) -> Callable[[H], H]:
+def route(path: str, method: str, *params: str, named: bool = False) -> Callable[[H], H]:
     """Serve `method path`, handing the handler its query parameters (only `params` are
-    allowed; any other is a 400)."""
+    allowed; any other is a 400). A request is charged to its address's rate limit first,
+    unless the route is `named`: its handler charges the name it acts for (HttpApi.admit)."""
     def decorate(handler: H) -> H:
         @functools.wraps(handler)
         def parsed(self: HttpApi, request: IRequest) -> Awaitable[bytes]:
+            if not named:
+                self.admit(request)
             return handler(self, request, requests.query(request, params))
         _APP.route(path, methods=[method])(parsed)
         QUERY_PARAMS[(method, path)] = params
@@ -90,13 +95,21 @@ class HttpApi:
         self.settings = settings
         self.offload = offload
         self.description = describe(settings)
+        self.limits = RateLimits(broker.clock, settings.rate_limit, settings.rate_burst)
 
-    @route("/send", "POST")
+    def admit(self, request: IRequest, name: str | None = None) -> None:
+        """Charge the request to the rate limit of the name it acts for (a sender, an agent,
+        an operator) at its address, or of its address alone; RateLimited when empty."""
+        setattr(request, "elipc_charged", True)
+        self.limits.charge(remote_address(request), name)
+
+    @route("/send", "POST", named=True)
     async def send(self, request: IRequest, params: dict[str, str]) -> bytes:
         """POST /send {channel, sender, content, signature?, timestamp?, nonce?} -> {ok, id}."""
         body = requests.json_object(request)
         channel = check_channel_for_sending(wire.required(body, "channel"))
         sender = check_name(wire.required(body, "sender"), "sender")
+        self.admit(request, sender)
         content = check_content(wire.required(body, "content"),
                                 self.settings.max_content_bytes)
         accepted = await self.broker.send(channel, sender, content,
@@ -107,17 +120,18 @@ class HttpApi:
             answer["duplicate"] = True
         return json_bytes(request, 200, answer)
 
-    @route("/ack", "POST")
+    @route("/ack", "POST", named=True)
     async def ack(self, request: IRequest, params: dict[str, str]) -> bytes:
         """POST /ack {channel, agent, up_to} -> {ok, watermark}: commit a manual-ack read."""
         body = requests.json_object(request)
         channel = check_name(wire.required(body, "channel"), "channel")
         agent = check_name(wire.required(body, "agent"), "agent")
+        self.admit(request, agent)
         watermark = await self.broker.ack(channel, agent, requests.up_to(body),
                                           requests.read_signature(request))
         return json_bytes(request, 200, {"ok": True, "watermark": watermark})
 
-    @route("/register", "POST")
+    @route("/register", "POST", named=True)
     async def register(self, request: IRequest, params: dict[str, str]) -> bytes:
         """POST /register {name, public_key, identity?, operator, timestamp,
         operator_signature}: an operator's locally signed authorization of an agent's key."""
@@ -130,6 +144,7 @@ class HttpApi:
                                "(elipc register) and send operator_signature instead")
         name = check_name(body.get("name"), "name")
         operator = check_name(body.get("operator"), "operator")
+        self.admit(request, operator)
         public_key = wire.public_key(body.get("public_key"))
         signed = wire.signature(body.get("operator_signature"), "operator_signature")
         timestamp = wire.body_timestamp(body.get("timestamp"))
@@ -139,7 +154,8 @@ class HttpApi:
         return json_bytes(request, 200, {
             "ok": True, "message": f"Agent '{name}' registered by operator '{operator}'"})
 
-    @route("/messages", "GET", "channel", "agent", "wait", "timeout", "linger", "limit", "ack")
+    @route("/messages", "GET", "channel", "agent", "wait", "timeout", "linger", "limit", "ack",
+           named=True)
     async def messages(self, request: IRequest, params: dict[str, str]) -> bytes:
         """GET /messages?channel&agent[&wait&timeout&linger&limit&ack=manual] -> [message, ...]."""
         limit = requests.whole(params, "limit", DEFAULT_PAGE, MAX_PAGE, minimum=1)
@@ -147,6 +163,7 @@ class HttpApi:
             raise InvalidInput("channel and agent params required")
         channel = check_name(params["channel"], "channel")
         agent = check_name(params["agent"], "agent")
+        self.admit(request, agent)
         wait_max = self.settings.max_wait
         page = await self.broker.read(
             channel, agent, requests.read_signature(request),
@@ -182,11 +199,12 @@ class HttpApi:
         return json_bytes(request, 200, [{**a.as_json(), "did": _did(a.public_key)}
                                          for a in agents])
 
-    @route("/health", "GET", "channel", "agent")
+    @route("/health", "GET", "channel", "agent", named=True)
     async def health(self, request: IRequest, params: dict[str, str]) -> bytes:
         """GET /health[?channel&agent] -> {status, pending, secure_mode, security_events}."""
         channel = check_name(params["channel"], "channel") if "channel" in params else ""
         agent = check_name(params["agent"], "agent") if "agent" in params else ""
+        self.admit(request, agent or None)
         signed = requests.read_signature(request)  # checked even when it will not be used
         if not (channel and agent):
             signed = None
@@ -217,6 +235,13 @@ class HttpApi:
         """Every domain error: its status from STATUS, its message as the error."""
         error = failure.value
         assert isinstance(error, ElipcError)  # handle_errors matched it
+        if not getattr(request, "elipc_charged", False):
+            try:  # refused before it named anyone: its address pays for it
+                self.admit(request)
+            except RateLimited as limited:
+                error = limited
+        if isinstance(error, RateLimited):
+            request.setHeader(b"Retry-After", b"%d" % error.retry_after)
         status = status_of(error)
         if isinstance(error, Rejected):
             self.broker.security(error.kind, str(error), remote_address(request),
