@@ -227,6 +227,11 @@ class Api:
         """GET /.well-known/agent-card.json: the server's A2A agent card."""
         return Call(lambda: self._get("/.well-known/agent-card.json"), answer_of)
 
+    def sign_card(self, signatures: list[dict[str, str]]) -> Call[dict[str, Any]]:
+        """POST /card/signatures: an operator's signatures of the card the server serves."""
+        request = self._post("/card/signatures", {"signatures": signatures}, {})
+        return Call(lambda: request, answer_of)
+
     def register(self, name: str, public_key: str, operator: str,
                  operator_key: "Ed25519PrivateKey", identity: str = "") -> Call[dict[str, Any]]:
         """POST /register, signed here with the operator's key (which never leaves this

@@ -303,11 +303,12 @@ class Sidecar:
     def agent_card(self, req: Any, params: Mapping[str, str]) -> None:
         """The A2A agent card, as `elipc agent-card` prints it."""
         def card() -> dict[str, object]:
-            from elipc.agentcard import build_card
+            from elipc.agentcard import served_card
 
             with self.lock:
-                operator = store.first_operator(self.conn())
-            return build_card(self.settings, operator.public_key if operator else None)
+                operators, stored = store.list_operators(self.conn()), \
+                    store.card_signatures(self.conn())
+            return served_card(self.settings, operators, stored)[0]
         self.answer(req, card)
 
     # -- the drain ------------------------------------------------------------------------

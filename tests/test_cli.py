@@ -237,7 +237,7 @@ class IdentityCommandTests(CliCase):
         """agent-card prints el-ipc's card, with the first operator's did:key once seeded."""
         card = self.ok("agent-card", IPC_AGENT_NAME="Herald", IPC_PORT="1234").json()
         self.assertEqual((card["name"], card["url"], card["version"]),
-                         ("Herald", "http://localhost:1234", "1.0.0"))
+                         ("Herald", "http://localhost:1234", __version__))
         self.assertNotIn("did", card)
         self.ok("seed", "op", "--out", "op")
         with open(os.path.join(self.dir, "op.pub")) as f:

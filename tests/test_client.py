@@ -9,7 +9,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseNeverReceived
 
-from elipc import store
+from elipc import __version__, store
 from elipc.client import Client, ClientError, Unreachable
 from elipc.config import REQUEST_TIMEOUT
 from elipc.model import Accepted, Message, Page
@@ -298,7 +298,7 @@ class DirectoryTests(ClientCase):
         self.assertEqual(self.drive(self.client.channels())[0]["channel"], "c")
         self.assertEqual(self.drive(self.client.agents()), [])
         self.assertEqual(self.drive(self.client.health())["status"], "ok")
-        self.assertEqual(self.drive(self.client.agent_card())["version"], "1.0.0")
+        self.assertEqual(self.drive(self.client.agent_card())["version"], __version__)
 
     def test_register(self) -> None:
         """register signs locally and the new agent appears in the directory."""

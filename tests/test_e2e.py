@@ -21,7 +21,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from elipc import identity
+from elipc import __version__, identity
 from tests.helpers import (
     SUBPROCESS_TIMEOUT_S,
     Keyholder,
@@ -123,7 +123,7 @@ class TwistTests(ServerCase):
             card = subprocess.run([curl, "-s", f"{self.base}/.well-known/agent-card.json"],
                                   capture_output=True, text=True,
                                   timeout=SUBPROCESS_TIMEOUT_S).stdout
-            self.assertEqual(json.loads(card)["version"], "1.0.0")
+            self.assertEqual(json.loads(card)["version"], __version__)
         else:  # the same requests, shaped as curl sends them
             self.assertEqual(http("POST", f"{self.base}/send", json.loads(send[-1]),
                                   {"Content-Type": "application/json"}), (200, {"ok": True, "id": 1}))

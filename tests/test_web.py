@@ -103,7 +103,7 @@ class EndpointTests(WebCase):
         status, card = self.get("/.well-known/agent-card.json")
         self.assertEqual(status, 200)
         self.assertEqual(card["skills"][0]["id"], "ipc")
-        self.assertEqual(card["capabilities"], {"streaming": False, "pushNotifications": False})
+        self.assertEqual(card["capabilities"], {"streaming": True, "pushNotifications": False})
 
     def test_unknown_path_and_method(self) -> None:
         """Unknown paths are JSON 404s; a wrong method is a JSON 405 naming the right one."""

@@ -145,6 +145,9 @@ def _define(sub: argparse.ArgumentParser, command: str) -> None:
                             "(default IPC_AGENT)")
         add("--key", help="the agent's private key file, to sign (required in secure mode; "
                           "default IPC_KEY_FILE, for IPC_AGENT)")
+    elif command == "card":
+        add("action", choices=("sign",), help="sign: sign the agent card as an operator")
+        add("--key", required=True, help="the operator's private key file (read locally)")
     elif command == "serve":
         add("port", nargs="?", help="port number or Twisted endpoint (default IPC_PORT)")
 
@@ -164,6 +167,7 @@ HELP: dict[str, str] = {
     "history": "history <channel> [--after-id N] [--limit M]: past messages",
     "prune": "prune --older-than 7d: delete old messages",
     "agent-card": "agent-card: print the A2A agent card",
+    "card": "card sign --key F: sign the agent card (JWS) with an operator's key",
     "serve": "serve [port]: run the HTTP server",
     "mcp": "mcp --agent NAME [--key F]: an MCP server on stdio for one agent (the mcp extra)",
 }

@@ -247,12 +247,35 @@ def cmd_agents(ctx: Context) -> None:
 
 
 def cmd_agent_card(ctx: Context) -> None:
-    """Print the A2A agent card this database would be served with."""
-    from elipc.agentcard import build_card
+    """Print the A2A agent card this database would be served with (with its signatures
+    while they match it)."""
+    from elipc.agentcard import RESIGN, served_card
 
-    operator = store.first_operator(open_database(ctx))
-    ctx.console.json(build_card(ctx.settings, operator.public_key if operator else None),
-                     indent=2)
+    conn = open_database(ctx)
+    card, stale = served_card(ctx.settings, store.list_operators(conn),
+                              store.card_signatures(conn))
+    if stale and ctx.console.terminal:
+        ctx.console.note(f"elipc: the stored signature no longer matches this card; {RESIGN}")
+    ctx.console.json(card, indent=2)
+
+
+def cmd_card(ctx: Context) -> None:
+    """`card sign --key F`: sign the agent card with an operator's key (locally) and keep
+    the signatures in the database."""
+    from elipc import identity
+    from elipc.agentcard import key_id, served_card, sign_card
+
+    key = identity.load_private_key(ctx.args.key)
+    conn = open_database(ctx)
+    operators = store.list_operators(conn)
+    operator = next((o for o in operators if identity.key_matches(key, o.public_key)), None)
+    if operator is None:
+        raise CommandError(f"{ctx.args.key} is not the key of an operator here")
+    card, _ = served_card(ctx.settings, operators, None)
+    store.save_card_signatures(conn, sign_card(card, key, operator.public_key),
+                               operator.name, ctx.clock.time())
+    ctx.console.json({"ok": True, "signed_by": operator.name,
+                      "kid": key_id(operator.public_key)})
 
 
 def cmd_serve(ctx: Context) -> None:
@@ -280,6 +303,7 @@ COMMANDS: dict[str, Callable[[Context], None]] = {
     "history": cmd_history,
     "prune": cmd_prune,
     "agent-card": cmd_agent_card,
+    "card": cmd_card,
     "serve": cmd_serve,
     "follow": follow_local,
     "mcp": cmd_mcp,

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 REMOTE_COMMANDS = ("send", "read", "channels", "agents", "agent-card", "history", "register",
-                   "follow", "mcp", "inbox")
+                   "follow", "mcp", "inbox", "card")
 T = TypeVar("T")
 
 
@@ -87,7 +87,7 @@ def run_remote(args: argparse.Namespace, settings: Settings, content: str | None
 
 def _key(args: argparse.Namespace) -> Ed25519PrivateKey | None:
     """The agent's key that signs sends and reads (register's --key is an operator's)."""
-    if not getattr(args, "key", None) or args.command == "register":
+    if not getattr(args, "key", None) or args.command in ("register", "card"):
         return None
     from elipc import identity
 
@@ -151,6 +151,18 @@ def _agent_card(remote: Remote, args: argparse.Namespace, content: str | None) -
     remote.console.json(remote(remote.api.agent_card()), indent=2)
 
 
+def _card(remote: Remote, args: argparse.Namespace, content: str | None) -> None:
+    # The card as the server serves it, signed here: the key never leaves this process.
+    from elipc import identity
+    from elipc.agentcard import key_id, sign_card
+
+    key = identity.load_private_key(args.key)
+    public = identity.public_pem(key.public_key())
+    card = {k: v for k, v in remote(remote.api.agent_card()).items() if k != "signatures"}
+    answer = remote(remote.api.sign_card(sign_card(card, key, public)))
+    remote.console.json({**answer, "kid": key_id(public)})
+
+
 def _history(remote: Remote, args: argparse.Namespace, content: str | None) -> None:
     channel = check_name(args.channel, "channel")
     page = remote(remote.api.history(channel, args.after_id, args.limit))
@@ -180,7 +192,7 @@ def _mcp(remote: Remote, args: argparse.Namespace) -> None:
 Command = Callable[[Remote, argparse.Namespace, "str | None"], None]
 COMMANDS: dict[str, Command] = {
     "send": _send, "read": _read, "channels": _channels, "agents": _agents,
-    "agent-card": _agent_card, "history": _history, "register": _register,
+    "agent-card": _agent_card, "card": _card, "history": _history, "register": _register,
     "follow": lambda remote, args, content: follow_remote(remote, args),
     "mcp": lambda remote, args, content: _mcp(remote, args),
     "inbox": lambda remote, args, content: inbox_remote(remote, args),

@@ -9,6 +9,7 @@ it answers every pending long-poll.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -20,9 +21,9 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from elipc import operations, store
-from elipc.agentcard import build_card
+from elipc.agentcard import RESIGN, served_card, signed_by
 from elipc.config import DEFAULT_PAGE, Settings
-from elipc.model import Accepted, Agent, Page, Signed
+from elipc.model import Accepted, Agent, Page, Rejected, Signed
 from elipc.server.database import ChangeFeed, Database
 from elipc.server.metrics import Metrics
 from elipc.server.security import SecurityEvents
@@ -47,6 +48,7 @@ class Broker(MultiService):
         self._feed = feed
         self.policy = operations.Policy.from_settings(settings)
         self.waiters = waiters
+        self._card: tuple[object, bytes] | None = None
         self.security = SecurityEvents(database, waiters, clock, metrics.refusals)
         self._timer(self._forget_expired)
         if settings.retention:
@@ -170,10 +172,36 @@ class Broker(MultiService):
         answer["security_events"] = dict(self.security.counts)
         return answer
 
-    async def agent_card(self) -> dict[str, object]:
-        """The A2A agent card, with the first operator's did:key once there is one."""
-        operator: Agent | None = await self._db.read(store.first_operator)
-        return build_card(self._settings, operator.public_key if operator else None)
+    async def agent_card(self) -> bytes:
+        """The A2A agent card as JSON bytes: the first operator's did:key once there is one,
+        and the operators' signatures while they match it (a stale one is left out, and
+        said once)."""
+        operators, stored = await self._db.read(_card_inputs)
+        key = (tuple(o.public_key for o in operators), json.dumps(stored))
+        if self._card is None or self._card[0] != key:
+            card, stale = served_card(self._settings, operators, stored)
+            if stale:
+                log.warn("the stored agent card signature no longer matches the card this "
+                         "server serves (its settings or operators changed); it is not "
+                         "served: {resign}", resign=RESIGN)
+            self._card = (key, json.dumps(card).encode("utf-8"))
+        return self._card[1]
+
+    async def sign_card(self, signatures: object) -> str:
+        """Keep `signatures` if an operator's key made them over the card served now;
+        return that operator's name."""
+        operators, _ = await self._db.read(_card_inputs)
+        card, _ = served_card(self._settings, operators, None)
+        signer = signed_by(card, signatures, operators)
+        if signer is None:
+            raise Rejected("the signatures are not an operator's over the card this server "
+                           "serves (fetch it again, sign it, send both signatures)",
+                           "invalid_card_signature")
+        assert isinstance(signatures, list)
+        await self._db.write(store.save_card_signatures, signatures, signer,
+                             self._clock.seconds())
+        log.info("{operator} signed the agent card", operator=signer)
+        return signer
 
     async def _authorize(self, channel: str, agent: str, signed: Signed | None) -> None:
         await self._db.write(operations.authorize_read, channel, agent, signed,
@@ -211,3 +239,7 @@ def _health(db: Any, channel: str, agent: str) -> dict[str, object]:
     pending = store.pending_count(db, channel, agent) if channel and agent else 0
     return {"status": "ok", "pending": pending, "secure_mode": store.is_secure(db),
             "oldest_id": store.oldest_message_id(db)}
+
+
+def _card_inputs(db: Any) -> tuple[list[Agent], object]:
+    return store.list_operators(db), store.card_signatures(db)

@@ -33,6 +33,9 @@ PEM_PATTERN = ("^-----BEGIN PUBLIC KEY-----\\r?\\nMCowBQYDK2VwAyEA[A-Za-z0-9+/]{
                "-----END PUBLIC KEY-----\\r?\\n?$")
 SIGNATURE_PATTERN = "^[A-Za-z0-9+/]{86}==$"
 NONCE_PATTERN = "^[A-Za-z0-9_-]{8,64}$"
+ETAG = {"description": "the card's entity tag", "required": True, "schema": {"type": "string"}}
+CACHE_CONTROL = {"description": "how long the card may be kept", "required": True,
+                 "schema": {"type": "string", "pattern": "^max-age=[0-9]+$"}}
 RETRY_AFTER = {"description": "whole seconds until a request may pass", "required": True,
                "schema": {"type": "integer", "minimum": 1}}
 MORE = {"description": "whether more messages wait behind this page", "required": True,
@@ -213,6 +216,12 @@ def schemas(settings: Settings) -> dict[str, Schema]:
                 "security_events": {"type": "object",
                                     "additionalProperties": {"type": "integer"}},
                 "oldest_id": {"type": ["integer", "null"]}}},
+        "CardSignatures": {"type": "object", "required": ["signatures"], "properties": {
+            "signatures": {"type": "array", "minItems": 2, "maxItems": 2, "items": {
+                "type": "object", "required": ["protected", "signature"], "properties": {
+                    "protected": text, "signature": text}}}}},
+        "CardSigned": {"type": "object", "required": ["ok", "signed_by"], "properties": {
+            "ok": {"const": True}, "signed_by": text}},
         "AgentCard": {"type": "object", "required": ["name", "description", "version"],
                       "description": "the A2A agent card (see docs/http-api.md)"},
     }
@@ -290,8 +299,22 @@ def paths(settings: Settings) -> dict[str, Schema]:
              query("agent", agent, "with channel: whose unread to count"),
              *read_signature_headers("read")])},
         "/.well-known/agent-card.json": {"get": operation(
-            "The A2A agent card", "Who this server is, with a did:key once an operator exists.",
-            {"200": answer("the card", ref("AgentCard")), **errors()})},
+            "The A2A agent card",
+            "Who this server is (A2A 1.0, and el-ipc's fields), with a did:key once an operator "
+            "exists and the operator's JWS signatures while they match it.",
+            {"200": answer("the card", ref("AgentCard"), **{"ETag": ETAG,
+                                                            "Cache-Control": CACHE_CONTROL}),
+             "304": {"description": "If-None-Match named this card's ETag",
+                     "headers": {"ETag": ETAG, "Cache-Control": CACHE_CONTROL}},
+             **errors()},
+            [{"name": "If-None-Match", "in": "header", "required": False,
+              "schema": {"type": "string"}, "description": "an ETag seen before"}])},
+        "/card/signatures": {"post": operation(
+            "Sign the agent card",
+            "An operator's two JWS signatures of the card served now, made locally "
+            "(elipc card sign): kept, and served while the card stays the same.",
+            {"200": answer("kept", ref("CardSigned")), **errors("403", "411")},
+            body=ref("CardSignatures"))},
         "/metrics": {"get": operation(
             "Prometheus metrics",
             "Counters, gauges and histograms of this server, and its process, in Prometheus' "

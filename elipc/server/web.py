@@ -9,6 +9,7 @@ site.py refuses what never reaches a route, also with JSON.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from elipc import wire
+from elipc.agentcard import CACHE_SECONDS
 from elipc.config import (
     DEFAULT_PAGE,
     DEFAULT_WAIT_TIMEOUT,
@@ -212,8 +214,26 @@ class HttpApi:
 
     @route("/.well-known/agent-card.json", "GET")
     async def agent_card(self, request: IRequest, params: dict[str, str]) -> bytes:
-        """The A2A agent card."""
-        return json_bytes(request, 200, await self.broker.agent_card())
+        """The A2A agent card, cacheable: an ETag of its bytes (If-None-Match: 304)."""
+        body = await self.broker.agent_card()
+        etag = b'"%s"' % hashlib.sha256(body).hexdigest()[:32].encode("ascii")
+        request.setHeader(b"ETag", etag)
+        request.setHeader(b"Cache-Control", b"max-age=%d" % CACHE_SECONDS)
+        if _entity_tags(request.getHeader(b"if-none-match")) & {etag, b"*"}:
+            request.setResponseCode(304)
+            return b""
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        return body
+
+    @route("/card/signatures", "POST", named=True)
+    async def card_signatures(self, request: IRequest, params: dict[str, str]) -> bytes:
+        """POST /card/signatures {signatures}: an operator's signatures of the card served."""
+        body = requests.json_object(request)
+        self.admit(request)
+        signer = await self.broker.sign_card(body.get("signatures"))
+        return json_bytes(request, 200, {"ok": True, "signed_by": signer})
 
     @route("/openapi.json", "GET")
     async def openapi(self, request: IRequest, params: dict[str, str]) -> bytes:
@@ -294,3 +314,10 @@ def make_site(broker: Broker, settings: Settings, clock: IReactorTime,
     front = Front(api.app.resource(), settings.api_key, broker.security,
                   broker.metrics.bytes_in.inc)
     return ElipcSite(front, clock, settings.max_body_bytes)
+
+
+def _entity_tags(header: bytes | None) -> set[bytes]:
+    # If-None-Match: a list of quoted tags (weak ones compare equal, RFC 9110), or *.
+    if header is None:
+        return set()
+    return {tag.strip().removeprefix(b"W/") for tag in header.split(b",")}

@@ -31,8 +31,11 @@ from elipc.store.directory import (
     get_agent,
     is_secure,
     list_agents,
+    card_signatures,
+    list_operators,
     register_agent,
     register_open,
+    save_card_signatures,
 )
 from elipc.store.guards import (
     forget_idempotency,
@@ -58,12 +61,13 @@ from elipc.store.messages import (
 from elipc.store.opening import check_same_file, file_identity, open_database, open_uri
 
 __all__ = [
-    "BUSY_TIMEOUT_S", "Conflict", "DatabaseGone", "MessageRow", "SchemaTooNew",
-    "StorageError", "acknowledge", "add_operator", "channels_after", "check_same_file",
-    "configure", "data_version", "delete_messages_before", "file_identity",
-    "first_operator", "forget_idempotency", "forget_nonces", "get_agent", "guarded",
-    "history", "history_page", "idempotent_id", "insert_message", "insert_messages",
-    "is_secure", "last_message_id", "list_agents", "list_channels", "oldest_message_id",
-    "open_database", "open_uri", "pending_count", "register_agent", "register_open", "remember_idempotency",
-    "remember_nonce", "run_batch", "transaction", "unread_page", "watermark",
+    "BUSY_TIMEOUT_S", "Conflict", "DatabaseGone", "MessageRow", "SchemaTooNew", "StorageError",
+    "acknowledge", "add_operator", "card_signatures", "channels_after", "check_same_file",
+    "configure", "data_version", "delete_messages_before", "file_identity", "first_operator",
+    "forget_idempotency", "forget_nonces", "get_agent", "guarded", "history", "history_page",
+    "idempotent_id", "insert_message", "insert_messages", "is_secure", "last_message_id",
+    "list_agents", "list_channels", "list_operators", "oldest_message_id", "open_database",
+    "open_uri", "pending_count", "register_agent", "register_open", "remember_idempotency",
+    "remember_nonce", "run_batch", "save_card_signatures", "transaction", "unread_page",
+    "watermark",
 ]

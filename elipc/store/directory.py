@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -105,3 +106,27 @@ def register_open(db: Any, name: str, identity: str, public_key: str, now: float
 def _role(db: Any, name: str) -> str | None:
     row = db.execute("SELECT role FROM agents WHERE name = ?", (name,)).fetchone()
     return row[0] if row else None
+
+
+@guarded
+def save_card_signatures(db: Any, signatures: list[dict[str, str]], operator: str,
+                         now: float) -> None:
+    """Keep the agent card's signatures (replacing any before), made by `operator`."""
+    with WriteTransaction(db):
+        db.execute("INSERT OR REPLACE INTO card_signatures (id, signatures, signed_by, "
+                   "signed_at) VALUES (1, ?, ?, ?)", (json.dumps(signatures), operator, now))
+
+
+@guarded
+def card_signatures(db: Any) -> list[dict[str, str]] | None:
+    """The agent card's stored signatures, or None."""
+    row = db.execute("SELECT signatures FROM card_signatures WHERE id = 1").fetchone()
+    return json.loads(row[0]) if row else None
+
+
+@guarded
+def list_operators(db: Any) -> list[Agent]:
+    """Every operator, oldest first."""
+    rows = db.execute(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE role = 'operator' "
+                      "ORDER BY created_at, rowid").fetchall()
+    return [Agent(*row) for row in rows]

@@ -79,6 +79,15 @@ UPGRADES: dict[int, tuple[str, ...]] = {
         # Retention deletes by age without scanning every message.
         "CREATE INDEX IF NOT EXISTS messages_created_at ON messages (created_at)",
     ),
+    4: (
+        # The agent card's JWS signatures, made by an operator's key outside the server.
+        """CREATE TABLE IF NOT EXISTS card_signatures (
+            id          INTEGER PRIMARY KEY CHECK (id = 1),
+            signatures  TEXT NOT NULL,
+            signed_by   TEXT NOT NULL,
+            signed_at   REAL NOT NULL
+        )""",
+    ),
 }
 
 CURRENT_VERSION = max(UPGRADES)
