@@ -50,6 +50,12 @@ def ack_payload(channel: str, agent: str, up_to: int, timestamp: int, nonce: str
     return f"elipc/2 ack\n{channel}\n{agent}\n{up_to}\n{timestamp}\n{nonce}".encode("utf-8")
 
 
+def stream_payload(channels: list[str], agent: str, timestamp: int, nonce: str) -> bytes:
+    """elipc/2 stream: proves the reader is `agent` before a stream of `channels` (in the
+    order of the request) moves its watermarks."""
+    return "\n".join(["elipc/2 stream", agent, str(timestamp), nonce, *channels]).encode("utf-8")
+
+
 def register_payload(name: str, identity: str, timestamp: int, public_key_pem: str) -> bytes:
     """elipc/2 register: an operator's authorization of `name`'s key, at `timestamp`."""
     return (f"elipc/2 register\n{name}\n{identity}\n{timestamp}\n{public_key_pem}"

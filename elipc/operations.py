@@ -129,6 +129,28 @@ def authorize_read(db: Any, channel: str, agent: str, signed: Signed | None, now
             raise Rejected("replayed read nonce", "replayed_read_nonce")
 
 
+def authorize_stream(db: Any, channels: list[str], agent: str, signed: Signed | None,
+                     now: float, policy: Policy) -> None:
+    """authorize_read for an event stream of several channels: in secure mode `agent`'s
+    elipc/2 stream signature over all of them (operators only for the security channel)."""
+    from elipc import identity
+
+    with _refusals_about(agent=agent, channel=",".join(channels)), store.transaction(db):
+        if not store.is_secure(db):
+            return
+        if signed is None or signed.timestamp is None or signed.nonce is None:
+            raise Unauthenticated("signed stream required (secure mode active): send "
+                                  "X-Elipc-Timestamp, X-Elipc-Nonce and X-Elipc-Signature",
+                                  "read_signature_required")
+        _check_fresh(signed.timestamp, now, policy)
+        payload = identity.stream_payload(channels, agent, signed.timestamp, signed.nonce)
+        entry = _verified(db, agent, "reader", payload, signed.signature, "read_signature")
+        if SECURITY_CHANNEL in channels and not entry.is_operator:
+            raise Rejected(f"only operators may read {SECURITY_CHANNEL}", "security_channel")
+        if not store.remember_nonce(db, f"read:{agent}", signed.nonce, now):
+            raise Rejected("replayed read nonce", "replayed_read_nonce")
+
+
 def register(db: Any, name: str, agent_identity: str, public_key: str, operator: str,
              signed: Signed, now: float, policy: Policy) -> None:
     """Register (or re-register) `name` with `public_key`, authorized by `operator`'s

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from elipc import operations, store
 from elipc.agentcard import RESIGN, served_card, signed_by
 from elipc.config import DEFAULT_PAGE, Settings
-from elipc.model import Accepted, Agent, Page, Rejected, Signed
+from elipc.model import RESERVED_PREFIX, Accepted, Agent, Page, Rejected, Signed
 from elipc.server.database import ChangeFeed, Database
 from elipc.server.metrics import Metrics
 from elipc.server.security import SecurityEvents
@@ -148,6 +148,69 @@ class Broker(MultiService):
         page: Page = await self._db.read(store.history_page, channel, after_id, limit)
         return page
 
+    async def open_stream(self, channels: list[str], agent: str | None,
+                          signed: Signed | None, manual: bool,
+                          last_event_id: int | None, after_id: int) -> dict[str, int]:
+        """Check a stream may open and where it starts: with an agent, its signature (secure
+        mode), a Last-Event-ID acknowledged (manual), and its watermarks; without one, the
+        history from `after_id` (or Last-Event-ID), never the elipc/ channels' in secure
+        mode. Returns the last id seen per channel."""
+        if agent is None:
+            if any(c.startswith(RESERVED_PREFIX) for c in channels) and await self.is_secure():
+                raise Rejected(f"history of {RESERVED_PREFIX} channels is not public in "
+                               "secure mode; stream it as an operator", "security_channel")
+            start = after_id if last_event_id is None else last_event_id
+            return {channel: start for channel in channels}
+        await self._db.write(operations.authorize_stream, channels, agent, signed,
+                             self._clock.seconds(), self.policy)
+        if manual and last_event_id is not None:
+            await self._db.write(store.acknowledge_through, channels, agent, last_event_id)
+        marks: dict[str, int] = await self._db.read(_watermarks, channels, agent)
+        return marks
+
+    def take_across(self, channels: list[str], agent: str, limit: int,
+                    max_chars: int) -> Deferred[Page]:
+        """Unread messages of `agent` on `channels`, its watermarks moved past them."""
+        taken: Deferred[Page] = self._db.write(store.take_across, channels, agent, limit,
+                                               max_chars)
+        return taken.addCallback(self._delivered)
+
+    def across(self, cursors: list[tuple[str, int]], limit: int,
+               max_chars: int) -> Deferred[Page]:
+        """Messages after each cursor, moving nothing."""
+        # Through the writer, like every read that may then wait: a send committed after
+        # this read is in a later turn, so its wake finds the waiter this read leads to.
+        read: Deferred[Page] = self._db.write(store.across, cursors, limit, max_chars)
+        return read.addCallback(self._delivered)
+
+    def _delivered(self, page: Page) -> Page:
+        if page.messages:
+            self.metrics.delivered.inc(len(page.messages))
+        return page
+
+    def wait_any(self, channels: list[str], timeout: float) -> Deferred[bool | None]:
+        """Fires True when any of `channels` is woken, False after `timeout`, None when the
+        server is stopping; cancelling it cancels the waits."""
+        if self.waiters.closed:
+            return succeed(None)
+        waits = [self.waiters.wait(channel, timeout) for channel in channels]
+        self._feed.watch()
+
+        def cancel(_: Deferred[bool | None]) -> None:
+            for waiting in waits:
+                waiting.cancel()
+        first: Deferred[bool | None] = Deferred(cancel)
+
+        def fired(woken: bool) -> None:
+            if not first.called:
+                first.callback(None if self.waiters.closed else woken)
+                for waiting in waits:
+                    waiting.cancel()  # the others (a fired one ignores it)
+        for waiting in waits:
+            waiting.addCallback(fired)
+            waiting.addErrback(lambda failure: None)  # cancelled: nothing to report
+        return first
+
     async def is_secure(self) -> bool:
         """Whether an operator exists."""
         return bool(await self._db.read(store.is_secure))
@@ -243,3 +306,7 @@ def _health(db: Any, channel: str, agent: str) -> dict[str, object]:
 
 def _card_inputs(db: Any) -> tuple[list[Agent], object]:
     return store.list_operators(db), store.card_signatures(db)
+
+
+def _watermarks(db: Any, channels: list[str], agent: str) -> dict[str, int]:
+    return {channel: store.watermark(db, channel, agent) for channel in channels}

@@ -284,6 +284,29 @@ def paths(settings: Settings) -> dict[str, Schema]:
             "Moves the agent's watermark to up_to (never backwards).",
             {"200": answer("the watermark", ref("Acked")), **errors("403", "409", "411")},
             read_signature_headers("ack"), ref("AckBody"))},
+        "/stream": {"get": operation(
+            "Stream messages as they commit (Server-Sent Events)",
+            "One event per message (id: its id, data: its JSON with its channel), in id order "
+            "across the channels, a comment every 15 s. With agent: ack=auto moves the "
+            "watermarks as events are written, ack=manual on POST /ack or a reconnection with "
+            "Last-Event-ID. Without agent: history from after_id (or Last-Event-ID), live, "
+            "moving nothing. Secure mode: the agent's elipc/2 stream signature.",
+            {"200": {"description": "the event stream (it lasts until either side closes it)",
+                     "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+             **errors("403")},
+            [{"name": "channel", "in": "query", "required": True, "style": "form",
+              "explode": True, "description": "a channel to follow (repeat for more, at most 64)",
+              "schema": {"type": "array", "minItems": 1, "maxItems": 64,
+                         "items": name("a channel")}},
+             query("agent", agent, "whose unread messages (its watermarks move)"),
+             query("ack", {"enum": ["auto", "manual"]}, "with agent: manual moves nothing "
+                   "until POST /ack or Last-Event-ID"),
+             query("after_id", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                   "without agent: stream the history after this id"),
+             {"name": "Last-Event-ID", "in": "header", "required": False,
+              "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+              "description": "the last event received (reconnecting)"},
+             *read_signature_headers("stream")])},
         "/channels": {"get": operation(
             "List channels", "Every channel with its count and last message time.",
             {"200": answer("channels, most recently active first",

@@ -22,8 +22,11 @@ class LengthRequired(InvalidInput):
     """A body came with neither Content-Length nor chunked framing."""
 
 
-def query(request: IRequest, known: tuple[str, ...]) -> dict[str, str]:
-    """The URL's query parameters, each once and UTF-8; any other parameter is refused.
+def query(request: IRequest, known: tuple[str, ...],
+          repeated: tuple[str, ...] = ()) -> dict[str, str]:
+    """The URL's query parameters, each once (those in `repeated` any number of times,
+    their values joined by newlines, which no name may hold) and UTF-8; any other parameter
+    is refused.
 
     Read from the URL itself: Twisted's request.args also holds a form-encoded body's fields,
     and curl -d sends JSON labelled as a form.
@@ -35,9 +38,12 @@ def query(request: IRequest, known: tuple[str, ...]) -> dict[str, str]:
         name = utf8(_unquote(raw_name), "query parameter name")
         if name not in known:
             raise InvalidInput(f"unknown query parameter: {name!r}")
-        if name in params:
+        value = utf8(_unquote(raw_value), name)
+        if name in repeated and "\n" in value:
+            raise InvalidInput(f"{name} must not contain control characters")
+        if name in params and name not in repeated:
             raise InvalidInput(f"query parameter {name} given more than once")
-        params[name] = utf8(_unquote(raw_value), name)
+        params[name] = f"{params[name]}\n{value}" if name in params else value
     return params
 
 
@@ -127,3 +133,14 @@ def up_to(body: dict[str, Any]) -> int:
     if value is None or not 0 <= value < 2**63:
         raise InvalidInput("up_to must be a message id (a whole number)")
     return value
+
+
+def last_event_id(request: IRequest) -> int | None:
+    """A stream's Last-Event-ID (the id of the last event a reconnecting client got)."""
+    value = request.getHeader(b"last-event-id")
+    if value is None:
+        return None
+    text = value.decode("ascii", "replace").strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise InvalidInput("Last-Event-ID must be a message id")
+    return int(text)

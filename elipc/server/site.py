@@ -272,7 +272,7 @@ class ElipcSite(Site):
         self.clock = clock
         self.max_body_bytes = max_body_bytes
         self.open_channels: set[ElipcChannel] = set()
-        self.streams: set[object] = set()  # the open event streams (GET /stream)
+        self.streams: set[Any] = set()  # the open event streams (GET /stream)
         self._all_closed: list[Deferred[None]] = []
 
     def open_streams(self) -> float:

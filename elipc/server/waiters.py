@@ -20,6 +20,11 @@ class Waiters:
         self._by_channel: dict[str, dict[Deferred[bool], None]] = {}
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        """Whether the server is stopping (every wait answers at once)."""
+        return self._closed
+
     def __len__(self) -> int:
         return sum(len(waiting) for waiting in self._by_channel.values())
 

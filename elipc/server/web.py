@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from elipc import wire
@@ -49,6 +50,7 @@ from elipc.server.openapi import describe
 from elipc.server.limits import RateLimited, RateLimits
 from elipc.server.metrics import CONTENT_TYPE
 from elipc.server.site import ElipcSite, Front, Offload, json_bytes, remote_address
+from elipc.server.streams import EventStream
 
 log = Logger(namespace="elipc.web")
 
@@ -62,11 +64,13 @@ H = TypeVar("H", bound=Handler)
 
 
 _APP = Klein()
+MAX_STREAM_CHANNELS = 64
 # Each route's query parameters, as declared (the OpenAPI description is held to these).
 QUERY_PARAMS: dict[tuple[str, str], tuple[str, ...]] = {}
 
 
-def route(path: str, method: str, *params: str, named: bool = False) -> Callable[[H], H]:
+def route(path: str, method: str, *params: str, named: bool = False,
+          repeated: tuple[str, ...] = ()) -> Callable[[H], H]:
     """Serve `method path`, handing the handler its query parameters (only `params` are
     allowed; any other is a 400). A request is charged to its address's rate limit first,
     unless the route is `named`: its handler charges the name it acts for (HttpApi.admit)."""
@@ -75,7 +79,7 @@ def route(path: str, method: str, *params: str, named: bool = False) -> Callable
         def parsed(self: HttpApi, request: IRequest) -> Awaitable[bytes]:
             if not named:
                 self.admit(request)
-            return handler(self, request, requests.query(request, params))
+            return handler(self, request, requests.query(request, params, repeated))
         _APP.route(path, methods=[method])(parsed)
         QUERY_PARAMS[(method, path)] = params
         return handler
@@ -97,6 +101,7 @@ class HttpApi:
         self.settings = settings
         self.offload = offload
         self.description = describe(settings)
+        self.streams: set[EventStream] = set()
         self.limits = RateLimits(broker.clock, settings.rate_limit, settings.rate_burst)
 
     def admit(self, request: IRequest, name: str | None = None) -> None:
@@ -188,6 +193,40 @@ class HttpApi:
                            "mode; read it as an operator", "security_channel", channel=channel)
         after_id = requests.whole(params, "after_id", 0, 2**63 - 1)
         return _page(request, await self.broker.history(channel, after_id, limit))
+
+    @route("/stream", "GET", "channel", "agent", "ack", "after_id", repeated=("channel",),
+           named=True)
+    async def stream(self, request: IRequest, params: dict[str, str]) -> bytes:
+        """GET /stream?channel=C[&channel=D...][&agent=A[&ack=manual]|&after_id=N]: a
+        text/event-stream of the channels' messages as they commit (streams.py)."""
+        if not params.get("channel"):
+            raise InvalidInput("channel param required")
+        channels = list(dict.fromkeys(check_name(c, "channel")
+                                      for c in params["channel"].split("\n")))
+        if len(channels) > MAX_STREAM_CHANNELS:
+            raise InvalidInput(f"at most {MAX_STREAM_CHANNELS} channels a stream")
+        agent = check_name(params["agent"], "agent") if "agent" in params else None
+        self.admit(request, agent)
+        if agent is None and "ack" in params:
+            raise InvalidInput("ack applies to an agent's stream; add agent")
+        if agent is not None and "after_id" in params:
+            raise InvalidInput("after_id streams history and takes no agent")
+        manual = requests.ack_mode(params.get("ack", "auto"))
+        after_id = requests.whole(params, "after_id", 0, 2**63 - 1)
+        last_event_id = requests.last_event_id(request)
+        cursors = await self.broker.open_stream(channels, agent, requests.read_signature(request),
+                                                manual, last_event_id, after_id)
+        request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-cache")
+        request.setHeader(b"X-Accel-Buffering", b"no")  # proxies: do not buffer events
+        assert isinstance(request, Request)  # the site's own (a producer's consumer)
+        stream = EventStream(request, self.broker, channels, agent, manual, cursors)
+        self.streams.add(stream)
+        try:
+            await stream.run()
+        finally:
+            self.streams.discard(stream)
+        return b""
 
     @route("/channels", "GET")
     async def channels(self, request: IRequest, params: dict[str, str]) -> bytes:
@@ -313,7 +352,9 @@ def make_site(broker: Broker, settings: Settings, clock: IReactorTime,
     api = HttpApi(broker, settings, offload)
     front = Front(api.app.resource(), settings.api_key, broker.security,
                   broker.metrics.bytes_in.inc)
-    return ElipcSite(front, clock, settings.max_body_bytes)
+    site = ElipcSite(front, clock, settings.max_body_bytes)
+    site.streams = api.streams  # counted for /metrics
+    return site
 
 
 def _entity_tags(header: bytes | None) -> set[bytes]:

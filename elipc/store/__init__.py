@@ -47,6 +47,8 @@ from elipc.store.guards import (
 from elipc.store.messages import (
     MessageRow,
     acknowledge,
+    acknowledge_through,
+    across,
     delete_messages_before,
     history,
     history_page,
@@ -55,6 +57,7 @@ from elipc.store.messages import (
     list_channels,
     oldest_message_id,
     pending_count,
+    take_across,
     unread_page,
     watermark,
 )
@@ -62,12 +65,12 @@ from elipc.store.opening import check_same_file, file_identity, open_database, o
 
 __all__ = [
     "BUSY_TIMEOUT_S", "Conflict", "DatabaseGone", "MessageRow", "SchemaTooNew", "StorageError",
-    "acknowledge", "add_operator", "card_signatures", "channels_after", "check_same_file",
+    "acknowledge", "acknowledge_through", "across", "add_operator", "card_signatures", "channels_after", "check_same_file",
     "configure", "data_version", "delete_messages_before", "file_identity", "first_operator",
     "forget_idempotency", "forget_nonces", "get_agent", "guarded", "history", "history_page",
     "idempotent_id", "insert_message", "insert_messages", "is_secure", "last_message_id",
     "list_agents", "list_channels", "list_operators", "oldest_message_id", "open_database",
     "open_uri", "pending_count", "register_agent", "register_open", "remember_idempotency",
-    "remember_nonce", "run_batch", "save_card_signatures", "transaction", "unread_page",
+    "remember_nonce", "run_batch", "save_card_signatures", "take_across", "transaction", "unread_page",
     "watermark",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from elipc.model import Conflict, Message, Page
@@ -157,3 +157,58 @@ def list_channels(db: Any) -> list[dict[str, object]]:
         "GROUP BY channel ORDER BY last DESC"
     ).fetchall()
     return [{"channel": c, "count": n, "last_message": last} for c, n, last in rows]
+
+
+@guarded
+def across(db: Any, cursors: Sequence[tuple[str, int]], limit: int,
+           max_chars: int | None = None) -> Page:
+    """Up to `limit` messages after each (channel, id) cursor, all channels together in id
+    order (the order they were committed), and whether more follow; moves nothing. With
+    `max_chars`, the page stops once its contents pass that many characters (one message
+    at least)."""
+    if not cursors:
+        return Page([], False)
+    one = (f"SELECT * FROM (SELECT {_MESSAGE_COLUMNS} FROM messages WHERE channel = ? "
+           "AND id > ? ORDER BY id LIMIT ?)")
+    args: list[object] = []
+    for channel, after in cursors:
+        args += [channel, after, limit + 1]
+    rows = db.execute(" UNION ALL ".join([one] * len(cursors)) + " ORDER BY 1 LIMIT ?",
+                      (*args, limit + 1)).fetchall()
+    messages = [Message(*row) for row in rows]
+    kept = messages[:limit]
+    if max_chars is not None:
+        size = 0
+        for count, message in enumerate(kept):
+            size += len(message.content)
+            if count and size > max_chars:
+                kept = kept[:count]
+                break
+    return Page(kept, len(messages) > len(kept))
+
+
+@guarded
+def take_across(db: Any, channels: Sequence[str], agent: str, limit: int,
+                max_chars: int | None = None) -> Page:
+    """`agent`'s unread messages on `channels`, in id order, and its watermarks moved past
+    them, in one write transaction (an event stream's automatic delivery)."""
+    with WriteTransaction(db):
+        page = across(db, [(c, _watermark(db, c, agent)) for c in channels], limit, max_chars)
+        last: dict[str, int] = {}
+        for message in page.messages:
+            last[message.channel] = message.id
+        for channel, last_id in last.items():
+            _advance(db, channel, agent, last_id)
+    return page
+
+
+@guarded
+def acknowledge_through(db: Any, channels: Sequence[str], agent: str, up_to: int) -> None:
+    """Move `agent`'s watermark on each of `channels` past every message with an id up to
+    `up_to` (a stream's Last-Event-ID: all of them were received); never backwards."""
+    with WriteTransaction(db):
+        for channel in channels:
+            last = db.execute("SELECT MAX(id) FROM messages WHERE channel = ? AND id <= ?",
+                              (channel, up_to)).fetchone()[0]
+            if last is not None:
+                _advance(db, channel, agent, int(last))
