@@ -312,6 +312,83 @@ async def many_long_polls(server: Server, count: int) -> dict[str, str]:
     }
 
 
+class StreamProtocol(asyncio.Protocol):
+    """One GET /stream, as light as a client can be: it notes when its head came and when
+    its first event did."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.first_event: float | None = None
+        self.evented: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+        self.seen = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(f"GET {self.target} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+
+    def data_received(self, data: bytes) -> None:
+        if not self.opened.done():
+            self.seen += data
+            if b"retry: 3000" in self.seen:
+                assert b" 200 " in self.seen.split(b"\r\n", 1)[0], self.seen
+                self.opened.set_result(None)
+            return
+        if self.first_event is None and b"data: " in data:
+            self.first_event = time.perf_counter()
+            self.evented.set_result(None)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def open_streams(port: int, targets: list[str]) -> list[StreamProtocol]:
+    """Open a stream for each target, 500 at a time; each once its head has come."""
+    loop = asyncio.get_running_loop()
+    opened: list[StreamProtocol] = []
+    for start in range(0, len(targets), 500):
+        batch = [StreamProtocol(t) for t in targets[start:start + 500]]
+        await asyncio.gather(*(loop.create_connection(lambda p=p: p, "127.0.0.1", port)
+                               for p in batch))
+        await asyncio.gather(*(p.opened for p in batch))
+        opened += batch
+    return opened
+
+
+async def sse_fanout(server: Server, count: int) -> dict[str, str]:
+    """`count` agents' streams on one channel, one send: each stream's first event, timed
+    from just before the send (its commit comes before its answer)."""
+    streams = await open_streams(server.port, [f"/stream?channel=fan&agent=f{i}"
+                                               for i in range(count)])
+    await asyncio.sleep(0.5)  # every stream parked on its waiter
+    sender = await Connection.open(server.port)
+    started = time.perf_counter()
+    await sender.request("POST", "/send", {"channel": "fan", "sender": "s", "content": "x"})
+    await asyncio.wait([p.evented for p in streams], timeout=30)
+    delays = [p.first_event - started for p in streams if p.first_event is not None]
+    sender.close()
+    for stream in streams:
+        stream.close()
+    return {f"SSE fan-out: {count:,} streams, one send: delivered": f"{len(delays):,} of {count:,}",
+            "  send to each stream's event p50 / p99 / max": " / ".join(
+                ms(percentile(delays, p)) for p in (50, 99, 100)) if delays else "-"}
+
+
+async def idle_streams(server: Server, count: int) -> dict[str, str]:
+    """`count` open, idle streams: the server's memory growth holding them."""
+    before = server.rss_mb()
+    streams = await open_streams(server.port, [f"/stream?channel=idle{i}&agent=i{i}"
+                                               for i in range(count)])
+    await asyncio.sleep(2.0)
+    grown = server.rss_mb() - before
+    for stream in streams:
+        stream.close()
+    return {f"{count:,} idle streams: server memory growth": f"{grown:.0f} MB"}
+
+
 async def fresh_reads(port: int, rounds: int) -> float:
     conn = await Connection.open(port)
     latencies = []
@@ -553,6 +630,8 @@ def run_all(work: str, scale: float) -> dict[str, str]:
         os.path.join(work, "follow-remote.db"), n(200), s)))
     rows.update(metrics_cost(work, max(4, int(10 * scale)), n(300)))
     with_server("polls.db", lambda s: many_long_polls(s, n(10000)))
+    with_server("fanout.db", lambda s: sse_fanout(s, n(1000)))
+    with_server("streams.db", lambda s: idle_streams(s, n(10000)))
     empty, full = os.path.join(work, "empty.db"), os.path.join(work, "full.db")
     preload(empty, 0)
     preload(full, 100_000)

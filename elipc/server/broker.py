@@ -10,7 +10,9 @@ it answers every pending long-poll.
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -19,6 +21,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from elipc import operations, store
 from elipc.agentcard import RESIGN, served_card, signed_by
@@ -49,6 +52,8 @@ class Broker(MultiService):
         self.policy = operations.Policy.from_settings(settings)
         self.waiters = waiters
         self._card: tuple[object, bytes] | None = None
+        self._groups: dict[tuple[Any, ...], list[tuple[str, Deferred[Page]]]] = {}
+        self._groups_lock = threading.Lock()
         self.security = SecurityEvents(database, waiters, clock, metrics.refusals)
         self._timer(self._forget_expired)
         if settings.retention:
@@ -83,7 +88,8 @@ class Broker(MultiService):
                      sender=sender, channel=channel, kind="replayable_signature")
         if not accepted.duplicate:
             self.metrics.sends.inc()
-            self.waiters.wake(channel)
+            with self._db.holding():  # the woken readers' writes: one turn
+                self.waiters.wake(channel)
         return accepted
 
     async def register(self, name: str, agent_identity: str, public_key: str, operator: str,
@@ -170,31 +176,75 @@ class Broker(MultiService):
 
     def take_across(self, channels: list[str], agent: str, limit: int,
                     max_chars: int) -> Deferred[Page]:
-        """Unread messages of `agent` on `channels`, its watermarks moved past them."""
-        taken: Deferred[Page] = self._db.write(store.take_across, channels, agent, limit,
-                                               max_chars)
-        return taken.addCallback(self._delivered)
+        """Unread messages of `agent` on `channels`, its watermarks moved past them. The
+        streams woken by one commit ask together: one write for all of them, whose agents
+        share their queries (store.take_for_agents)."""
+        key = ("take", tuple(channels), limit, max_chars)
+        return self._grouped(key, agent, lambda db, agents: store.take_for_agents(
+            db, channels, agents, limit, max_chars))
 
     def across(self, cursors: list[tuple[str, int]], limit: int,
                max_chars: int) -> Deferred[Page]:
-        """Messages after each cursor, moving nothing."""
-        # Through the writer, like every read that may then wait: a send committed after
-        # this read is in a later turn, so its wake finds the waiter this read leads to.
-        read: Deferred[Page] = self._db.write(store.across, cursors, limit, max_chars)
-        return read.addCallback(self._delivered)
+        """Messages after each cursor, moving nothing; streams at the same cursors share
+        one read. (Through the writer, like every read that may then wait: a send committed
+        after it is in a later turn, so its wake finds the waiter this read leads to.)"""
+        key = ("across", tuple(cursors), limit, max_chars)
+
+        def read(db: Any, askers: list[str]) -> list[Page]:
+            page = store.across(db, cursors, limit, max_chars)
+            return [page] * len(askers)
+        return self._grouped(key, "", read)
+
+    def _grouped(self, key: tuple[Any, ...], asker: str,
+                 run: Callable[[Any, list[str]], list[Page]]) -> Deferred[Page]:
+        answer: Deferred[Page] = Deferred()
+        with self._groups_lock:
+            group = self._groups.get(key)
+            first = group is None
+            if group is None:
+                group = self._groups[key] = []
+            group.append((asker, answer))
+        if first:  # outside the lock: a synchronous pool runs the write at once
+            self._db.write(self._run_group, key, group, run).addCallbacks(
+                self._answer_group, self._fail_group, callbackArgs=(group,),
+                errbackArgs=(key, group))
+        return answer.addCallback(self._delivered)
+
+    def _run_group(self, db: Any, key: tuple[Any, ...], group: list[Any],
+                   run: Callable[[Any, list[str]], list[Page]]) -> list[Page]:
+        # In the writer thread: the group closes (later askers start another), then runs.
+        with self._groups_lock:
+            if self._groups.get(key) is group:
+                del self._groups[key]
+        return run(db, [asker for asker, _ in group])
+
+    def _answer_group(self, pages: list[Page], group: list[Any]) -> None:
+        for (_, answer), page in zip(group, pages):
+            if not answer.called:  # a stream whose client left meanwhile
+                answer.callback(page)
+
+    def _fail_group(self, failure: Failure, key: tuple[Any, ...], group: list[Any]) -> None:
+        with self._groups_lock:
+            if self._groups.get(key) is group:
+                del self._groups[key]
+        for _, answer in group:
+            if not answer.called:
+                answer.errback(failure)
 
     def _delivered(self, page: Page) -> Page:
         if page.messages:
             self.metrics.delivered.inc(len(page.messages))
         return page
 
-    def wait_any(self, channels: list[str], timeout: float) -> Deferred[bool | None]:
-        """Fires True when any of `channels` is woken, False after `timeout`, None when the
-        server is stopping; cancelling it cancels the waits."""
+    def wait_any(self, channels: list[str], timeout: float | None) -> Deferred[bool | None]:
+        """Fires True when any of `channels` is woken, False after `timeout` (None: never),
+        None when the server is stopping; cancelling it cancels the waits."""
         if self.waiters.closed:
             return succeed(None)
         waits = [self.waiters.wait(channel, timeout) for channel in channels]
         self._feed.watch()
+        if len(waits) == 1:  # the common case, without a second Deferred
+            return waits[0].addCallback(lambda woken: None if self.waiters.closed else woken)
 
         def cancel(_: Deferred[bool | None]) -> None:
             for waiting in waits:

@@ -11,9 +11,10 @@ ChangeFeed asks for those turns every 10 ms while anyone waits, and not at all o
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -129,6 +130,7 @@ class Database:
         self._drained: list[Deferred[None]] = []
         self._on_external_commit = on_external_commit
         self._on_turn = on_turn
+        self._held = 0
         self._closed = False
         self._gone_reported = False
 
@@ -169,7 +171,7 @@ class Database:
 
     def drain(self) -> Deferred[None]:
         """Fires once every queued write has run."""
-        if self._turn is None and not self._queue:
+        if self._turn is None and not self._queue and not self._poll_wanted:
             return succeed(None)
         waiting: Deferred[None] = Deferred()
         self._drained.append(waiting)
@@ -188,9 +190,20 @@ class Database:
         # and its result is dropped.
         self._queue = [(op, d) for op, d in self._queue if d is not cancelled]
 
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Writes asked for inside wait for the end of it to start their turn: everything a
+        wake or a batch's results set off goes into one turn, not the first ask alone."""
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+            self._next_turn()
+
     def _next_turn(self) -> None:
-        if self._turn is not None:
-            return  # _finish_turn starts the next one
+        if self._turn is not None or self._held:
+            return  # _finish_turn (or the end of the hold) starts the next one
         if not (self._queue or self._poll_wanted):
             self._notify_drained()
             return
@@ -202,6 +215,10 @@ class Database:
 
     def _finish_turn(self, outcome: Any, batch: list[tuple[Operation, Deferred[Any]]]) -> None:
         self._turn = None
+        with self.holding():
+            self._fire(outcome, batch)
+
+    def _fire(self, outcome: Any, batch: list[tuple[Operation, Deferred[Any]]]) -> None:
         if isinstance(outcome, Failure):
             # The commit itself failed: nothing in the batch was stored.
             error = outcome.value if outcome.check(store.StorageError) else outcome
@@ -217,7 +234,6 @@ class Database:
                 result.callback(value) if ok else result.errback(value)
             if changed:
                 self._on_external_commit(changed)
-        self._next_turn()
 
     def _report_gone(self, reason: str) -> None:
         # Once, not per turn: every write from now on is refused the same way.

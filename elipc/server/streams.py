@@ -20,7 +20,7 @@ import json
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.web.server import Request
 from zope.interface import implementer
 
@@ -37,10 +37,44 @@ STREAM_PAGE_CHARS = 256 * 1024
 RETRY_MS = 3000
 
 
+class Heartbeat:
+    """One timer for every stream: each HEARTBEAT_S, a comment on every stream that is
+    waiting (so a fan-out wake does not cost a timer per stream). Runs while any is open."""
+
+    def __init__(self, clock: IReactorTime, streams: set[EventStream]) -> None:
+        self._clock, self._streams = clock, streams
+        self._call: IDelayedCall | None = None
+
+    def opened(self) -> None:
+        """A stream opened: make sure the timer runs."""
+        if self._call is None:
+            self._call = self._clock.callLater(HEARTBEAT_S, self._beat)
+
+    def _beat(self) -> None:
+        self._call = None
+        for stream in list(self._streams):
+            if stream.waiting and not stream.stopped and stream.paused is None:
+                stream.request.write(b": keep-alive\n\n")
+        if self._streams:
+            self.opened()
+
+
 def event(message: Message) -> bytes:
-    """One message as a server-sent event: its id, and its JSON (with its channel)."""
-    data = json.dumps({"channel": message.channel, **message.as_json()})
-    return b"id: %d\ndata: %s\n\n" % (message.id, data.encode("utf-8"))
+    """One message as a server-sent event: its id, and its JSON (with its channel). The
+    bytes of the last few messages are kept: a message fanned out to many streams is
+    encoded once."""
+    encoded = _recent.get(message.id)
+    if encoded is None or encoded[0] != message:
+        data = json.dumps({"channel": message.channel, **message.as_json()})
+        encoded = (message, b"id: %d\ndata: %s\n\n" % (message.id, data.encode("utf-8")))
+        if len(_recent) >= RECENT_EVENTS:
+            del _recent[next(iter(_recent))]
+        _recent[message.id] = encoded
+    return encoded[1]
+
+
+RECENT_EVENTS = 64
+_recent: dict[int, tuple[Message, bytes]] = {}
 
 
 @implementer(IPushProducer)
@@ -54,6 +88,7 @@ class EventStream:
         self.cursors = cursors  # manual and history modes: the last id sent, per channel
         self.paused: Deferred[None] | None = None
         self.stopped = False
+        self.waiting = False  # parked until a commit: the heartbeat speaks for it
 
     # -- IPushProducer: Twisted calls these as the client's transport fills and drains ----
 
@@ -90,12 +125,17 @@ class EventStream:
                     break
                 if page.messages:
                     request.write(b"".join(event(m) for m in page.messages))
-                    continue
-                woken = await self.broker.wait_any(self.channels, HEARTBEAT_S)
+                    if page.more:
+                        continue
+                # Waiting starts in the same turn as the read that found no more: a send
+                # committed in a later turn wakes it (database.py says why).
+                self.waiting = True
+                try:
+                    woken = await self.broker.wait_any(self.channels, None)
+                finally:
+                    self.waiting = False
                 if woken is None:
                     break  # the server is stopping
-                if not woken and not self.stopped:
-                    request.write(b": keep-alive\n\n")
         finally:
             if request.channel is not None:  # None once the connection is gone
                 request.unregisterProducer()

@@ -31,13 +31,15 @@ class Waiters:
     def __bool__(self) -> bool:
         return bool(self._by_channel)
 
-    def wait(self, channel: str, timeout: float) -> Deferred[bool]:
-        """A Deferred that fires True when `channel` is woken, False after `timeout` seconds."""
+    def wait(self, channel: str, timeout: float | None) -> Deferred[bool]:
+        """A Deferred that fires True when `channel` is woken, False after `timeout` seconds
+        (None: no timeout; the waiter is cancelled or woken)."""
         if self._closed:
             return succeed(False)
         waiter: Deferred[bool] = Deferred(lambda d: self._forget(channel, d))
         self._by_channel.setdefault(channel, {})[waiter] = None
-        waiter.addTimeout(timeout, self._clock, onTimeoutCancel=_timed_out)
+        if timeout is not None:
+            waiter.addTimeout(timeout, self._clock, onTimeoutCancel=_timed_out)
         return waiter
 
     def wake(self, channel: str) -> None:

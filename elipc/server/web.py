@@ -50,7 +50,7 @@ from elipc.server.openapi import describe
 from elipc.server.limits import RateLimited, RateLimits
 from elipc.server.metrics import CONTENT_TYPE
 from elipc.server.site import ElipcSite, Front, Offload, json_bytes, remote_address
-from elipc.server.streams import EventStream
+from elipc.server.streams import EventStream, Heartbeat
 
 log = Logger(namespace="elipc.web")
 
@@ -102,6 +102,7 @@ class HttpApi:
         self.offload = offload
         self.description = describe(settings)
         self.streams: set[EventStream] = set()
+        self.heartbeat = Heartbeat(broker.clock, self.streams)
         self.limits = RateLimits(broker.clock, settings.rate_limit, settings.rate_burst)
 
     def admit(self, request: IRequest, name: str | None = None) -> None:
@@ -222,6 +223,7 @@ class HttpApi:
         assert isinstance(request, Request)  # the site's own (a producer's consumer)
         stream = EventStream(request, self.broker, channels, agent, manual, cursors)
         self.streams.add(stream)
+        self.heartbeat.opened()
         try:
             await stream.run()
         finally:

@@ -58,6 +58,7 @@ from elipc.store.messages import (
     oldest_message_id,
     pending_count,
     take_across,
+    take_for_agents,
     unread_page,
     watermark,
 )
@@ -65,12 +66,13 @@ from elipc.store.opening import check_same_file, file_identity, open_database, o
 
 __all__ = [
     "BUSY_TIMEOUT_S", "Conflict", "DatabaseGone", "MessageRow", "SchemaTooNew", "StorageError",
-    "acknowledge", "acknowledge_through", "across", "add_operator", "card_signatures", "channels_after", "check_same_file",
-    "configure", "data_version", "delete_messages_before", "file_identity", "first_operator",
-    "forget_idempotency", "forget_nonces", "get_agent", "guarded", "history", "history_page",
-    "idempotent_id", "insert_message", "insert_messages", "is_secure", "last_message_id",
-    "list_agents", "list_channels", "list_operators", "oldest_message_id", "open_database",
-    "open_uri", "pending_count", "register_agent", "register_open", "remember_idempotency",
-    "remember_nonce", "run_batch", "save_card_signatures", "take_across", "transaction", "unread_page",
+    "acknowledge", "acknowledge_through", "across", "add_operator", "card_signatures",
+    "channels_after", "check_same_file", "configure", "data_version", "delete_messages_before",
+    "file_identity", "first_operator", "forget_idempotency", "forget_nonces", "get_agent",
+    "guarded", "history", "history_page", "idempotent_id", "insert_message", "insert_messages",
+    "is_secure", "last_message_id", "list_agents", "list_channels", "list_operators",
+    "oldest_message_id", "open_database", "open_uri", "pending_count", "register_agent",
+    "register_open", "remember_idempotency", "remember_nonce", "run_batch",
+    "save_card_signatures", "take_across", "take_for_agents", "transaction", "unread_page",
     "watermark",
 ]

@@ -212,3 +212,36 @@ def acknowledge_through(db: Any, channels: Sequence[str], agent: str, up_to: int
                               (channel, up_to)).fetchone()[0]
             if last is not None:
                 _advance(db, channel, agent, int(last))
+
+
+@guarded
+def take_for_agents(db: Any, channels: Sequence[str], agents: Sequence[str], limit: int,
+                    max_chars: int | None = None) -> list[Page]:
+    """take_across for many agents on the same channels, in one transaction: their unread
+    pages (in the order of `agents`), each agent's watermarks moved past its own. Agents
+    whose watermarks are alike share one query (a message fanned out to many streams)."""
+    with WriteTransaction(db):
+        marks: dict[str, tuple[int, ...]] = {}
+        for agent in dict.fromkeys(agents):
+            marks[agent] = tuple(_watermark(db, c, agent) for c in channels)
+        pages: dict[tuple[int, ...], Page] = {}
+        for cursor in set(marks.values()):
+            pages[cursor] = across(db, list(zip(channels, cursor)), limit, max_chars)
+        advances = []
+        for agent, cursor in marks.items():
+            last: dict[str, int] = {}
+            for message in pages[cursor].messages:
+                last[message.channel] = message.id
+            advances += [(agent, channel, last_id) for channel, last_id in last.items()]
+        db.executemany(
+            "INSERT INTO watermarks (agent, channel, last_id) VALUES (?, ?, ?) "
+            "ON CONFLICT (agent, channel) DO UPDATE SET last_id = max(last_id, excluded.last_id)",
+            advances)
+        # An agent named twice takes its page once; the second gets what follows (nothing
+        # here: the caller asks again).
+        taken: set[str] = set()
+        result = []
+        for agent in agents:
+            result.append(pages[marks[agent]] if agent not in taken else Page([], True))
+            taken.add(agent)
+        return result
