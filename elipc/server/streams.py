@@ -81,6 +81,9 @@ _recent: dict[int, tuple[Message, bytes]] = {}
 class EventStream:
     """One open stream: reads pages for its request while the client keeps up."""
 
+    __slots__ = ("request", "broker", "channels", "agent", "manual", "cursors", "paused",
+                 "stopped", "waiting")
+
     def __init__(self, request: Request, broker: Broker, channels: list[str],
                  agent: str | None, manual: bool, cursors: dict[str, int]) -> None:
         self.request, self.broker = request, broker
