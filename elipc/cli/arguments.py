@@ -169,7 +169,8 @@ HELP: dict[str, str] = {
     "agent-card": "agent-card: print the A2A agent card",
     "card": "card sign --key F: sign the agent card (JWS) with an operator's key",
     "serve": "serve [port]: run the HTTP server",
-    "mcp": "mcp --agent NAME [--key F]: an MCP server on stdio for one agent (the mcp extra)",
+    "mcp": "mcp [--agent NAME] [--key F]: an MCP server on stdio for one agent (the mcp "
+           "extra)",
 }
 
 GLOBAL_OPTIONS: list[Setting] = options_for("cli")
