@@ -51,6 +51,8 @@ class Broker(MultiService):
         self._feed = feed
         self.policy = operations.Policy.from_settings(settings)
         self.waiters = waiters
+        # Bound once: a parked stream's waiter holds this, not a closure or method of its own.
+        self._woken_unless_stopping = self._unless_stopping
         self._card: tuple[object, bytes] | None = None
         self._groups: dict[tuple[Any, ...], list[tuple[str, Deferred[Page]]]] = {}
         self._groups_lock = threading.Lock()
@@ -244,7 +246,7 @@ class Broker(MultiService):
         waits = [self.waiters.wait(channel, timeout) for channel in channels]
         self._feed.watch()
         if len(waits) == 1:  # the common case, without a second Deferred
-            return waits[0].addCallback(lambda woken: None if self.waiters.closed else woken)
+            return waits[0].addCallbacks(self._woken_unless_stopping)
 
         def cancel(_: Deferred[bool | None]) -> None:
             for waiting in waits:
@@ -260,6 +262,9 @@ class Broker(MultiService):
             waiting.addCallback(fired)
             waiting.addErrback(lambda failure: None)  # cancelled: nothing to report
         return first
+
+    def _unless_stopping(self, woken: bool) -> bool | None:
+        return None if self.waiters.closed else woken
 
     async def is_secure(self) -> bool:
         """Whether an operator exists."""

@@ -61,6 +61,7 @@ class ElipcRequest(Request):
     once when its body passes the site's limit."""
 
     started = 0.0
+    answering = False  # set by Front.render: from then on, a client going away is logged
 
     def gotLength(self, length: int | None) -> None:
         # Kept here: Twisted clears request.channel when the connection goes.
@@ -81,6 +82,20 @@ class ElipcRequest(Request):
         channel = self.channel
         if isinstance(channel, ElipcChannel):
             channel.refuse(413, _over_limit(self.elipc_site.max_body_bytes))
+
+    def connectionLost(self, reason: Failure) -> None:
+        # The connection went before the answer was finished (Twisted calls this only then).
+        # Logged here rather than by a notifyFinish errback: no Deferred held per request.
+        if self.answering:
+            log.info("{method} {path} client went away after {duration_ms} ms",
+                     method=self.method.decode("ascii", "replace"),
+                     path=self.path.decode("utf-8", "replace"),
+                     duration_ms=_elapsed_ms(self), remote=remote_address(self))
+        super().connectionLost(reason)
+        # A streaming response's producer stops whichever side closed the connection (the
+        # transport tells it only when the client did).
+        if self.producer is not None:
+            self.producer.stopProducing()
 
     def _handleStar(self) -> None:
         # `OPTIONS *` asks what the server supports; any other method on `*` is refused.
@@ -209,7 +224,7 @@ class Front(Resource):
         self._expected = f"Bearer {api_key}".encode("utf-8") if api_key else b""
 
     def render(self, request: ElipcRequest) -> Any:
-        request.notifyFinish().addErrback(_log_gone, request)
+        request.answering = True
         body = request.content
         if body is not None and (received := body.seek(0, 2)):
             body.seek(0)
@@ -243,13 +258,6 @@ def _url_is_utf8(request: IRequest) -> bool:
     except UnicodeDecodeError:
         return False
     return True
-
-
-def _log_gone(failure: Failure, request: ElipcRequest) -> None:
-    log.info("{method} {path} client went away after {duration_ms} ms",
-             method=request.method.decode("ascii", "replace"),
-             path=request.path.decode("utf-8", "replace"),
-             duration_ms=_elapsed_ms(request), remote=remote_address(request))
 
 
 def _elapsed_ms(request: ElipcRequest) -> float:

@@ -7,8 +7,21 @@ Idle waiters cost nothing: no timer but their own timeout, no polling.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+
+
+class Waiter(Deferred[bool]):
+    """A wait on one channel (which its canceller reads: no closure per waiter)."""
+
+    __slots__ = ("channel",)
+
+    def __init__(self, channel: str, canceller: Callable[[Deferred[Any]], None]) -> None:
+        super().__init__(canceller)
+        self.channel = channel
 
 
 class Waiters:
@@ -19,6 +32,7 @@ class Waiters:
         # Per channel, a dict used as an ordered set: removal on disconnect is O(1).
         self._by_channel: dict[str, dict[Deferred[bool], None]] = {}
         self._closed = False
+        self._cancelled = self._forget  # bound once: every waiter's canceller, no closure each
 
     @property
     def closed(self) -> bool:
@@ -36,7 +50,7 @@ class Waiters:
         (None: no timeout; the waiter is cancelled or woken)."""
         if self._closed:
             return succeed(False)
-        waiter: Deferred[bool] = Deferred(lambda d: self._forget(channel, d))
+        waiter = Waiter(channel, self._cancelled)
         self._by_channel.setdefault(channel, {})[waiter] = None
         if timeout is not None:
             waiter.addTimeout(timeout, self._clock, onTimeoutCancel=_timed_out)
@@ -60,7 +74,9 @@ class Waiters:
             for waiter in waiters:
                 waiter.callback(False)
 
-    def _forget(self, channel: str, waiter: Deferred[bool]) -> None:
+    def _forget(self, waiter: Deferred[Any]) -> None:
+        assert isinstance(waiter, Waiter)  # the canceller of Waiters only
+        channel = waiter.channel
         waiting = self._by_channel.get(channel, {})
         if waiting.pop(waiter, False) is None and not waiting:
             del self._by_channel[channel]

@@ -14,10 +14,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from klein import Klein
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
 from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
@@ -50,7 +52,7 @@ from elipc.server.openapi import describe
 from elipc.server.limits import RateLimited, RateLimits
 from elipc.server.metrics import CONTENT_TYPE
 from elipc.server.site import ElipcSite, Front, Offload, json_bytes, remote_address
-from elipc.server.streams import EventStream, Heartbeat
+from elipc.server.streams import EventStream, Heartbeat, StreamResource
 
 log = Logger(namespace="elipc.web")
 
@@ -59,7 +61,7 @@ log = Logger(namespace="elipc.web")
 STATUS: tuple[tuple[type[ElipcError], int], ...] = (
     (requests.LengthRequired, 411), (RateLimited, 429), *wire.STATUS)
 
-Handler = Callable[[Any, IRequest, dict[str, str]], Awaitable[bytes]]
+Handler = Callable[[Any, IRequest, dict[str, str]], Awaitable[bytes | IResource]]
 H = TypeVar("H", bound=Handler)
 
 
@@ -76,7 +78,7 @@ def route(path: str, method: str, *params: str, named: bool = False,
     unless the route is `named`: its handler charges the name it acts for (HttpApi.admit)."""
     def decorate(handler: H) -> H:
         @functools.wraps(handler)
-        def parsed(self: HttpApi, request: IRequest) -> Awaitable[bytes]:
+        def parsed(self: HttpApi, request: IRequest) -> Awaitable[bytes | IResource]:
             if not named:
                 self.admit(request)
             return handler(self, request, requests.query(request, params, repeated))
@@ -102,6 +104,7 @@ class HttpApi:
         self.offload = offload
         self.description = describe(settings)
         self.streams: set[EventStream] = set()
+        self._stream_ended = self._end_stream  # bound once: not a method object per stream
         self.heartbeat = Heartbeat(broker.clock, self.streams)
         self.limits = RateLimits(broker.clock, settings.rate_limit, settings.rate_burst)
 
@@ -197,7 +200,7 @@ class HttpApi:
 
     @route("/stream", "GET", "channel", "agent", "ack", "after_id", repeated=("channel",),
            named=True)
-    async def stream(self, request: IRequest, params: dict[str, str]) -> bytes:
+    async def stream(self, request: IRequest, params: dict[str, str]) -> StreamResource:
         """GET /stream?channel=C[&channel=D...][&agent=A[&ack=manual]|&after_id=N]: a
         text/event-stream of the channels' messages as they commit (streams.py)."""
         if not params.get("channel"):
@@ -221,14 +224,28 @@ class HttpApi:
         request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"X-Accel-Buffering", b"no")  # proxies: do not buffer events
         assert isinstance(request, Request)  # the site's own (a producer's consumer)
-        stream = EventStream(request, self.broker, channels, agent, manual, cursors)
+        stream = EventStream(request, self.broker, channels, agent, manual, cursors,
+                             self._stream_ended)
         self.streams.add(stream)
         self.heartbeat.opened()
-        try:
-            await stream.run()
-        finally:
-            self.streams.discard(stream)
-        return b""
+        # Klein renders it, which starts the stream, and is done with the request: an open
+        # stream holds nothing of this coroutine or of Klein's answering (streams.py).
+        return StreamResource(stream)
+
+    def _end_stream(self, stream: EventStream, failure: Failure | None) -> None:
+        # A stream ended: finish its request, unless the client is gone; a failure first
+        # writes the JSON error any route would answer (so in the stream, after its events).
+        self.streams.discard(stream)
+        request = stream.request
+        if stream.stopped or request.finished or request.channel is None:
+            if failure is not None and not failure.check(CancelledError):
+                log.failure("stream on {path} failed after its client went away", failure,
+                            path=request.path)
+            return
+        if failure is not None:
+            handler = self.refused if failure.check(ElipcError) else self.internal
+            request.write(handler(request, failure))
+        request.finish()
 
     @route("/channels", "GET")
     async def channels(self, request: IRequest, params: dict[str, str]) -> bytes:
