@@ -111,22 +111,11 @@ def authorize_read(db: Any, channel: str, agent: str, signed: Signed | None, now
     moves as `agent`. Records the nonce."""
     from elipc import identity
 
-    with _refusals_about(agent=agent, channel=channel), store.transaction(db):
-        if not store.is_secure(db):
-            return
-        if signed is None or signed.timestamp is None or signed.nonce is None:
-            raise Unauthenticated("signed read required (secure mode active): send "
-                                  "X-Elipc-Timestamp, X-Elipc-Nonce and X-Elipc-Signature",
-                                  "read_signature_required")
-        _check_fresh(signed.timestamp, now, policy)
-        payload = (identity.read_payload(channel, agent, signed.timestamp, signed.nonce)
-                   if up_to is None else
-                   identity.ack_payload(channel, agent, up_to, signed.timestamp, signed.nonce))
-        entry = _verified(db, agent, "reader", payload, signed.signature, "read_signature")
-        if channel == SECURITY_CHANNEL and not entry.is_operator:
-            raise Rejected(f"only operators may read {SECURITY_CHANNEL}", "security_channel")
-        if not store.remember_nonce(db, f"read:{agent}", signed.nonce, now):
-            raise Rejected("replayed read nonce", "replayed_read_nonce")
+    def payload(timestamp: int, nonce: str) -> bytes:
+        if up_to is None:
+            return identity.read_payload(channel, agent, timestamp, nonce)
+        return identity.ack_payload(channel, agent, up_to, timestamp, nonce)
+    _authorize_reader(db, [channel], agent, signed, now, policy, payload, "read")
 
 
 def authorize_stream(db: Any, channels: list[str], agent: str, signed: Signed | None,
@@ -135,16 +124,26 @@ def authorize_stream(db: Any, channels: list[str], agent: str, signed: Signed | 
     elipc/2 stream signature over all of them (operators only for the security channel)."""
     from elipc import identity
 
+    def payload(timestamp: int, nonce: str) -> bytes:
+        return identity.stream_payload(channels, agent, timestamp, nonce)
+    _authorize_reader(db, channels, agent, signed, now, policy, payload, "stream")
+
+
+def _authorize_reader(db: Any, channels: list[str], agent: str, signed: Signed | None,
+                      now: float, policy: Policy, payload: Callable[[int, str], bytes],
+                      what: str) -> None:
+    # The one check behind reads, acks and streams: fresh, by `agent`'s key over `payload`,
+    # an operator's for the security channel, its nonce never seen before.
     with _refusals_about(agent=agent, channel=",".join(channels)), store.transaction(db):
         if not store.is_secure(db):
             return
         if signed is None or signed.timestamp is None or signed.nonce is None:
-            raise Unauthenticated("signed stream required (secure mode active): send "
+            raise Unauthenticated(f"signed {what} required (secure mode active): send "
                                   "X-Elipc-Timestamp, X-Elipc-Nonce and X-Elipc-Signature",
                                   "read_signature_required")
         _check_fresh(signed.timestamp, now, policy)
-        payload = identity.stream_payload(channels, agent, signed.timestamp, signed.nonce)
-        entry = _verified(db, agent, "reader", payload, signed.signature, "read_signature")
+        entry = _verified(db, agent, "reader", payload(signed.timestamp, signed.nonce),
+                          signed.signature, "read_signature")
         if SECURITY_CHANNEL in channels and not entry.is_operator:
             raise Rejected(f"only operators may read {SECURITY_CHANNEL}", "security_channel")
         if not store.remember_nonce(db, f"read:{agent}", signed.nonce, now):
