@@ -1,4 +1,6 @@
-"""The storage module on real SQLite files: watermarks, atomic reads, schema and migrations."""
+"""The storage module on real SQLite files and a real PostgreSQL: one contract (watermarks,
+atomic reads, the directory, concurrent readers) for both stores, then each store's own
+files, schema and migrations."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from elipc import store
 from elipc.store import schema
 from elipc.model import Message
+from tests.stores import PostgresStore, SQLiteStore, StoreCase
 from tests.helpers import (
     SUBPROCESS_TIMEOUT_S,
     make_el_ipc_database,
@@ -32,18 +35,19 @@ def read_all(db: Any, channel: str, agent: str, deliver: Any = None,
     return store.unread_page(db, channel, agent, limit, deliver).messages
 
 
-class StoreCase(SynchronousTestCase):
-    """A fresh database file per test."""
+class Contract:
+    """What every store does; mixed with SQLiteStore or PostgresStore and StoreCase."""
 
-    def setUp(self) -> None:
-        self.dir = temp_dir(self)
-        self.path = os.path.join(self.dir, "ipc.db")
-        self.db = self.open()
-
-    def open(self) -> sqlite3.Connection:
-        conn = store.open_database(self.path)
-        self.addCleanup(conn.close)
-        return conn
+    db: Any
+    location: str
+    dialect: str
+    assertEqual: Any
+    assertRaises: Any
+    assertIsNone: Any
+    assertTrue: Any
+    assertFalse: Any
+    open: Any
+    raw_rows: Any
 
     def send(self, channel: str, sender: str = "a", content: str = "hi") -> int:
         return store.insert_message(self.db, channel, sender, content, "", 1000.0)
@@ -52,7 +56,7 @@ class StoreCase(SynchronousTestCase):
         return [m.id for m in messages]
 
 
-class WatermarkTests(StoreCase):
+class WatermarkContract(Contract):
     """Each agent reads each message of each channel exactly once, oldest first."""
 
     def test_read_returns_unread_then_nothing(self) -> None:
@@ -96,7 +100,7 @@ class WatermarkTests(StoreCase):
     def test_watermark_never_moves_backwards(self) -> None:
         """A stale higher watermark written elsewhere is kept, not lowered, by a later read."""
         self.send("c")
-        raw_execute(self.path, ("INSERT INTO watermarks VALUES ('x', 'c', 99)", ()))
+        self.db.execute("INSERT INTO watermarks (agent, channel, last_id) VALUES ('x', 'c', 99)")
         self.assertEqual(read_all(self.db, "c", "x"), [])
         self.assertEqual(store.watermark(self.db, "c", "x"), 99)
 
@@ -132,7 +136,7 @@ class WatermarkTests(StoreCase):
         ])
 
 
-class DirectoryTests(StoreCase):
+class DirectoryContract(Contract):
     """Operators and agents: secure mode, registration rules."""
 
     def test_secure_mode_starts_with_first_operator(self) -> None:
@@ -174,7 +178,7 @@ class DirectoryTests(StoreCase):
         self.assertEqual(store.get_agent(self.db, "op").role, "operator")
 
 
-class ConcurrentReaderTests(StoreCase):
+class ConcurrentReaderContract(Contract):
     """Readers for the same agent on separate connections never share or skip a message."""
 
     def test_no_duplicate_no_gap(self) -> None:
@@ -183,7 +187,7 @@ class ConcurrentReaderTests(StoreCase):
         done = threading.Event()
 
         def reader() -> None:
-            conn = store.open_database(self.path, check_same_thread=False)
+            conn = store.open_database(self.location, check_same_thread=False)
             try:
                 while not done.is_set() or store.pending_count(conn, "c", "x"):
                     got.extend(m.id for m in read_all(conn, "c", "x"))
@@ -202,6 +206,30 @@ class ConcurrentReaderTests(StoreCase):
         self.assertEqual(errors, [])
         self.assertEqual(sorted(got), sent)
         self.assertEqual(len(got), len(set(got)))
+
+
+class WatermarkSQLiteTests(SQLiteStore, WatermarkContract, StoreCase):
+    pass
+
+
+class WatermarkPostgresTests(PostgresStore, WatermarkContract, StoreCase):
+    pass
+
+
+class DirectorySQLiteTests(SQLiteStore, DirectoryContract, StoreCase):
+    pass
+
+
+class DirectoryPostgresTests(PostgresStore, DirectoryContract, StoreCase):
+    pass
+
+
+class ConcurrentReaderSQLiteTests(SQLiteStore, ConcurrentReaderContract, StoreCase):
+    pass
+
+
+class ConcurrentReaderPostgresTests(PostgresStore, ConcurrentReaderContract, StoreCase):
+    pass
 
 
 class FileTests(SynchronousTestCase):
@@ -389,7 +417,7 @@ def refuse_commits(conn: sqlite3.Connection) -> None:
     conn.set_authorizer(authorize)
 
 
-class BoundaryTests(StoreCase):
+class BoundaryTests(SQLiteStore, StoreCase):
     """Every SQLite error, at any statement including COMMIT, leaves the store as
     StorageError, and leaves nothing half-written."""
 
@@ -400,7 +428,7 @@ class BoundaryTests(StoreCase):
             with store.transaction(self.db):
                 store.insert_message(self.db, "c", "a", "lost", "", 1.0)
         self.assertFalse(self.db.in_transaction)
-        self.assertEqual(raw_rows(self.path, "SELECT COUNT(*) FROM messages"), [(0,)])
+        self.assertEqual(raw_rows(self.location, "SELECT COUNT(*) FROM messages"), [(0,)])
 
     def test_compositions_too(self) -> None:
         """A composition outside the store (accepting a message) meets the same boundary."""
@@ -420,4 +448,4 @@ class BoundaryTests(StoreCase):
             with store.transaction(self.db):
                 store.insert_message(self.db, "c", "a", "undone", "", 1.0)
                 self.db.execute("INSERT INTO no_such_table VALUES (1)")
-        self.assertEqual(raw_rows(self.path, "SELECT COUNT(*) FROM messages"), [(0,)])
+        self.assertEqual(raw_rows(self.location, "SELECT COUNT(*) FROM messages"), [(0,)])

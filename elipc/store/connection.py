@@ -14,20 +14,44 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 BUSY_TIMEOUT_S = 10.0
+# The errors of the database drivers loaded (postgres.py adds psycopg's when it is imported),
+# and how to say each in one line.
+DRIVER_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error,)
+_DESCRIBERS: list[tuple[type[Exception], Callable[[Exception], str]]] = []
+# PostgreSQL: every write transaction takes pg_advisory_xact_lock(WRITE_LOCK_CLASS,
+# WRITE_LOCK) first, as SQLite's BEGIN IMMEDIATE takes the file's lock (see postgres.py).
+WRITE_LOCK_CLASS = 0x656C6970  # "elip"
+WRITE_LOCK, MIGRATION_LOCK = 1, 0
+
+
+def register_driver(error: type[Exception], describe: Callable[[Exception], str]) -> None:
+    """Have the store turn `error` (another driver's base error) into StorageError too."""
+    global DRIVER_ERRORS
+    if error not in DRIVER_ERRORS:
+        DRIVER_ERRORS = (*DRIVER_ERRORS, error)
+        _DESCRIBERS.append((error, describe))
+
+
+def is_postgres(db: Any) -> bool:
+    """Whether `db` is a PostgreSQL connection (postgres.PgConnection, or adbapi's proxy)."""
+    return getattr(_connection(db), "dialect", "sqlite") == "postgresql"
 
 
 def guarded(function: Callable[P, R]) -> Callable[P, R]:
-    """Turn sqlite3 errors raised by `function` into StorageError."""
+    """Turn the drivers' errors raised by `function` into StorageError."""
     @functools.wraps(function)
     def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return function(*args, **kwargs)
-        except sqlite3.Error as e:
+        except DRIVER_ERRORS as e:
             raise StorageError(_describe(e)) from None
     return guarded
 
 
-def _describe(error: sqlite3.Error) -> str:
+def _describe(error: Exception) -> str:
+    for kind, describe in _DESCRIBERS:
+        if isinstance(error, kind):
+            return describe(error)
     text = str(error)
     if "locked" in text or "busy" in text:
         return f"database is busy (still locked after {BUSY_TIMEOUT_S:g} s): {text}"
@@ -37,12 +61,13 @@ def _describe(error: sqlite3.Error) -> str:
 
 
 class WriteTransaction:
-    """`with WriteTransaction(db):` is one BEGIN IMMEDIATE transaction, rolled back on any error.
+    """`with WriteTransaction(db):` is one BEGIN IMMEDIATE transaction, rolled back on any error
+    (PostgreSQL: BEGIN, then the write lock).
 
     Inside a transaction already (a batch, see run_batch) it is a savepoint instead, so one
     operation of a batch can fail without undoing the others.
 
-    The store's boundary: any sqlite3 error inside it, or at BEGIN, COMMIT or ROLLBACK (a
+    The store's boundary: any driver error inside it, or at BEGIN, COMMIT or ROLLBACK (a
     full disk shows first at COMMIT), leaves as StorageError, after the rollback.
     """
 
@@ -53,8 +78,17 @@ class WriteTransaction:
     def __enter__(self) -> Any:
         try:
             self.nested = _connection(self.db).in_transaction
-            self.db.execute("SAVEPOINT elipc_op" if self.nested else "BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
+            if self.nested:
+                self.db.execute("SAVEPOINT elipc_op")
+            elif is_postgres(self.db):
+                self.db.execute("BEGIN")
+                self.db.execute("SELECT pg_advisory_xact_lock(?, ?)",
+                                (WRITE_LOCK_CLASS, WRITE_LOCK))
+            else:
+                self.db.execute("BEGIN IMMEDIATE")
+        except DRIVER_ERRORS as e:
+            if not self.nested:
+                self._end(failed=True, quietly=True)
             raise StorageError(_describe(e)) from None
         return self.db
 
@@ -62,10 +96,10 @@ class WriteTransaction:
                  tb: object) -> None:
         try:
             self._end(failed=kind is not None)
-        except sqlite3.Error as e:
+        except DRIVER_ERRORS as e:
             self._end(failed=True, quietly=True)
             raise StorageError(_describe(e)) from None
-        if isinstance(error, sqlite3.Error):
+        if isinstance(error, DRIVER_ERRORS):
             raise StorageError(_describe(error)) from None
 
     def _end(self, failed: bool, quietly: bool = False) -> None:
@@ -78,10 +112,11 @@ class WriteTransaction:
                 self.db.execute("COMMIT")
             elif _connection(self.db).in_transaction:
                 self.db.execute("ROLLBACK")
-        except sqlite3.Error:
+        except DRIVER_ERRORS:
             if not quietly:
                 raise
-            # Undoing after a failed COMMIT: SQLite may have rolled back already.
+            # Undoing after a failed COMMIT: SQLite may have rolled back already (and a lost
+            # PostgreSQL connection has nothing left to roll back).
 
 
 def transaction(db: Any) -> WriteTransaction:
@@ -89,10 +124,9 @@ def transaction(db: Any) -> WriteTransaction:
     return WriteTransaction(db)
 
 
-def _connection(db: Any) -> sqlite3.Connection:
+def _connection(db: Any) -> Any:
     # A sqlite3 cursor knows its connection; a connection (or adbapi's proxy of one) is one.
-    connection: sqlite3.Connection = getattr(db, "connection", db)
-    return connection
+    return getattr(db, "connection", db)
 
 
 @guarded
@@ -108,7 +142,7 @@ def run_batch(
             try:
                 with WriteTransaction(db):
                     outcomes.append((True, operation(db)))
-            except sqlite3.Error as e:
+            except DRIVER_ERRORS as e:
                 outcomes.append((False, StorageError(_describe(e))))
             except Exception as e:  # the operation's own refusal, reported to its caller
                 outcomes.append((False, e))
@@ -140,7 +174,10 @@ def _enable_wal(conn: sqlite3.Connection) -> None:
 
 @guarded
 def data_version(db: Any) -> int:
-    """A number that changes whenever another connection commits to the file."""
+    """A number that changes whenever another connection commits to the file (PostgreSQL:
+    whenever anyone commits a message, see postgres.PgConnection.data_version)."""
+    if is_postgres(db):
+        return int(_connection(db).data_version())
     return int(db.execute("PRAGMA data_version").fetchone()[0])
 
 

@@ -13,6 +13,16 @@ _AGENT_COLUMNS = (
     "name, identity, public_key, role, registered_by, created_at, registration_ts, "
     "registration_signature"
 )
+# An agent's whole entry, replaced (the callers checked it is not an operator's).
+_REPLACE_AGENT = (
+    "INSERT INTO agents (name, identity, public_key, role, registered_by, created_at, "
+    "registration_ts, registration_signature) VALUES (?, ?, ?, 'agent', ?, ?, ?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET identity = excluded.identity, "
+    "public_key = excluded.public_key, role = excluded.role, "
+    "registered_by = excluded.registered_by, created_at = excluded.created_at, "
+    "registration_ts = excluded.registration_ts, "
+    "registration_signature = excluded.registration_signature"
+)
 
 
 @guarded
@@ -31,7 +41,7 @@ def get_agent(db: Any, name: str) -> Agent | None:
 @guarded
 def list_agents(db: Any) -> list[Agent]:
     """Every operator and agent, oldest first."""
-    rows = db.execute(f"SELECT {_AGENT_COLUMNS} FROM agents ORDER BY created_at, rowid")
+    rows = db.execute(f"SELECT {_AGENT_COLUMNS} FROM agents ORDER BY created_at, name")
     return [Agent(*row) for row in rows.fetchall()]
 
 
@@ -40,7 +50,7 @@ def first_operator(db: Any) -> Agent | None:
     """The operator seeded first (its key is the agent card's did:key), or None."""
     row = db.execute(
         f"SELECT {_AGENT_COLUMNS} FROM agents WHERE role = 'operator' "
-        "ORDER BY created_at, rowid LIMIT 1"
+        "ORDER BY created_at, name LIMIT 1"
     ).fetchone()
     return Agent(*row) if row else None
 
@@ -80,12 +90,8 @@ def register_agent(
             raise Conflict(f"'{name}' is an operator and cannot be registered as an agent")
         if current is not None and registration_ts and current.registration_ts >= registration_ts:
             raise Conflict(f"a registration of '{name}' signed at or after that time exists")
-        db.execute(
-            "INSERT OR REPLACE INTO agents (name, identity, public_key, role, registered_by, "
-            "created_at, registration_ts, registration_signature) "
-            "VALUES (?, ?, ?, 'agent', ?, ?, ?, ?)",
-            (name, identity, public_key, operator, now, registration_ts, registration_signature),
-        )
+        db.execute(_REPLACE_AGENT, (name, identity, public_key, operator, now, registration_ts,
+                                    registration_signature))
 
 
 @guarded
@@ -96,11 +102,7 @@ def register_open(db: Any, name: str, identity: str, public_key: str, now: float
     with WriteTransaction(db):
         if is_secure(db):
             raise Conflict("secure mode active: an operator must sign the registration")
-        db.execute(
-            "INSERT OR REPLACE INTO agents (name, identity, public_key, role, registered_by, "
-            "created_at) VALUES (?, ?, ?, 'agent', NULL, ?)",
-            (name, identity, public_key, now),
-        )
+        db.execute(_REPLACE_AGENT, (name, identity, public_key, None, now, 0, ""))
 
 
 def _role(db: Any, name: str) -> str | None:
@@ -113,8 +115,10 @@ def save_card_signatures(db: Any, signatures: list[dict[str, str]], operator: st
                          now: float) -> None:
     """Keep the agent card's signatures (replacing any before), made by `operator`."""
     with WriteTransaction(db):
-        db.execute("INSERT OR REPLACE INTO card_signatures (id, signatures, signed_by, "
-                   "signed_at) VALUES (1, ?, ?, ?)", (json.dumps(signatures), operator, now))
+        db.execute("INSERT INTO card_signatures (id, signatures, signed_by, signed_at) "
+                   "VALUES (1, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                   "signatures = excluded.signatures, signed_by = excluded.signed_by, "
+                   "signed_at = excluded.signed_at", (json.dumps(signatures), operator, now))
 
 
 @guarded
@@ -128,5 +132,5 @@ def card_signatures(db: Any) -> list[dict[str, str]] | None:
 def list_operators(db: Any) -> list[Agent]:
     """Every operator, oldest first."""
     rows = db.execute(f"SELECT {_AGENT_COLUMNS} FROM agents WHERE role = 'operator' "
-                      "ORDER BY created_at, rowid").fetchall()
+                      "ORDER BY created_at, name").fetchall()
     return [Agent(*row) for row in rows]

@@ -12,7 +12,8 @@ def remember_nonce(db: Any, scope: str, nonce: str, now: float) -> bool:
     """Record `nonce` as used in `scope`; False if it was already recorded (a replay)."""
     with WriteTransaction(db):
         cursor = db.execute(
-            "INSERT OR IGNORE INTO nonces (scope, nonce, seen_at) VALUES (?, ?, ?)",
+            "INSERT INTO nonces (scope, nonce, seen_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (scope, nonce) DO NOTHING",
             (scope, nonce, now),
         )
         return bool(cursor.rowcount)

@@ -5,29 +5,39 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from elipc.model import Conflict, Message, Page
-from elipc.store.connection import WriteTransaction, guarded
+from elipc.model import Conflict, InvalidInput, Message, Page
+from elipc.store.connection import WriteTransaction, guarded, is_postgres
 
 Deliver = Callable[[list[Message]], None]
 _MESSAGE_COLUMNS = ("id, channel, sender, content, created_at, COALESCE(signature, ''), "
                     "signed_timestamp, nonce")
 
 MessageRow = tuple[str, str, str, str, "int | None", "str | None"]
+_INSERT = ("INSERT INTO messages (channel, sender, content, created_at, signature, "
+           "signed_timestamp, nonce) VALUES (?, ?, ?, ?, ?, ?, ?)")
+# A watermark never moves backwards, whatever order writers commit in (and el-ipc's files
+# may hold NULL).
+_ADVANCE = ("INSERT INTO watermarks (agent, channel, last_id) VALUES (?, ?, ?) "
+            "ON CONFLICT (agent, channel) DO UPDATE SET last_id = excluded.last_id "
+            "WHERE watermarks.last_id IS NULL OR watermarks.last_id < excluded.last_id")
 
 
 @guarded
 def insert_messages(db: Any, messages: Iterable[MessageRow], now: float) -> list[int]:
     """Store (channel, sender, content, signature, signed_timestamp, nonce) rows in one
     transaction; return their ids."""
+    postgres = is_postgres(db)
+    insert = _INSERT + (" RETURNING id" if postgres else "")
+    ids = []
     with WriteTransaction(db):
-        return [
-            db.execute(
-                "INSERT INTO messages (channel, sender, content, created_at, signature, "
-                "signed_timestamp, nonce) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (channel, sender, content, now, signature, signed_timestamp, nonce),
-            ).lastrowid
-            for channel, sender, content, signature, signed_timestamp, nonce in messages
-        ]
+        for channel, sender, content, signature, signed_timestamp, nonce in messages:
+            if postgres and "\x00" in (content or ""):
+                raise InvalidInput("content must not contain NUL characters (U+0000) on "
+                                   "PostgreSQL")
+            cursor = db.execute(insert, (channel, sender, content, now, signature,
+                                         signed_timestamp, nonce))
+            ids.append(int(cursor.fetchone()[0] if postgres else cursor.lastrowid))
+    return ids
 
 
 def insert_message(
@@ -95,12 +105,7 @@ def _watermark(db: Any, channel: str, agent: str) -> int:
 
 
 def _advance(db: Any, channel: str, agent: str, last_id: int) -> None:
-    # max(): a watermark never moves backwards, whatever order writers commit in.
-    db.execute(
-        "INSERT INTO watermarks (agent, channel, last_id) VALUES (?, ?, ?) "
-        "ON CONFLICT (agent, channel) DO UPDATE SET last_id = max(last_id, excluded.last_id)",
-        (agent, channel, last_id),
-    )
+    db.execute(_ADVANCE, (agent, channel, last_id))
 
 
 @guarded
@@ -169,7 +174,7 @@ def across(db: Any, cursors: Sequence[tuple[str, int]], limit: int,
     if not cursors:
         return Page([], False)
     one = (f"SELECT * FROM (SELECT {_MESSAGE_COLUMNS} FROM messages WHERE channel = ? "
-           "AND id > ? ORDER BY id LIMIT ?)")
+           "AND id > ? ORDER BY id LIMIT ?) AS one")
     args: list[object] = []
     for channel, after in cursors:
         args += [channel, after, limit + 1]
@@ -233,10 +238,8 @@ def take_for_agents(db: Any, channels: Sequence[str], agents: Sequence[str], lim
             for message in pages[cursor].messages:
                 last[message.channel] = message.id
             advances += [(agent, channel, last_id) for channel, last_id in last.items()]
-        db.executemany(
-            "INSERT INTO watermarks (agent, channel, last_id) VALUES (?, ?, ?) "
-            "ON CONFLICT (agent, channel) DO UPDATE SET last_id = max(last_id, excluded.last_id)",
-            advances)
+        if advances:
+            db.executemany(_ADVANCE, advances)
         # An agent named twice takes its page once; the second gets what follows (nothing
         # here: the caller asks again).
         taken: set[str] = set()

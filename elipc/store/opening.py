@@ -8,14 +8,42 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from typing import Any
 
 from elipc.model import DatabaseGone, StorageError
 from elipc.store import schema
 from elipc.store.connection import BUSY_TIMEOUT_S, configure
 
 
-def open_database(path: str, *, check_same_thread: bool = True) -> sqlite3.Connection:
-    """Open (creating 0600 if missing), configure and migrate the database at `path`."""
+def is_url(location: str) -> bool:
+    """Whether `location` names a PostgreSQL database (else it is an SQLite file's path)."""
+    return location.startswith(("postgresql://", "postgres://"))
+
+
+def redact(location: str) -> str:
+    """`location` with any password in it replaced by ***, for logs and error messages."""
+    if not is_url(location):
+        return location
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(location)
+    if parts.password is None:
+        return location
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def open_database(location: str, *, check_same_thread: bool = True) -> Any:
+    """Open, configure and migrate the database at `location`: a PostgreSQL URL (psycopg is
+    loaded only then), else an SQLite file's path (created 0600 if missing)."""
+    if is_url(location):
+        from elipc.store import postgres
+
+        return postgres.open_database(location)
+    return _open_sqlite(location, check_same_thread)
+
+
+def _open_sqlite(path: str, check_same_thread: bool) -> sqlite3.Connection:
     _create_private(path)
     try:
         conn = sqlite3.connect(
