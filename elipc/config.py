@@ -158,6 +158,31 @@ def parse_listen(text: str, name: str) -> str:
     return text
 
 
+def is_url(location: str) -> bool:
+    """Whether `location` names a PostgreSQL database (else it is an SQLite file's path)."""
+    return location.startswith(("postgresql://", "postgres://"))
+
+
+def redact(location: str) -> str:
+    """`location` with any password in it replaced by ***, for logs and error messages."""
+    if not is_url(location):
+        return location
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(location)
+    if parts.password is None:
+        return location
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def parse_db_url(text: str, name: str) -> str:
+    """A PostgreSQL URL (postgresql://... or postgres://...)."""
+    if not is_url(text):
+        raise ConfigError(f"{name} must be a postgresql:// URL, not {redact(text)!r}")
+    return text
+
+
 def listen_on(port: int) -> str:
     """The endpoint for a bare port: loopback only, with a long accept queue."""
     return f"tcp:{port}:interface=127.0.0.1:backlog={LISTEN_BACKLOG}"
@@ -197,6 +222,10 @@ TABLE: tuple[Setting, ...] = (
             lambda values, environ: default_db_path(environ),
             "`$XDG_STATE_HOME/elipc/ipc.db`, else `~/.local/state/elipc/ipc.db`",
             "the SQLite file (folder 0700, file 0600)", fronts=("server", "cli")),
+    # --db takes a URL too; IPC_DB_URL, when set, wins over IPC_DB_PATH (Settings.load).
+    Setting("db_url", "IPC_DB_URL", None, parse_db_url, "", "none (SQLite)",
+            "a PostgreSQL database (`postgresql://user@host/db`) to use instead of the "
+            "SQLite file; `--db` takes one too", fronts=()),
     # --port is the listen setting's option; a bare number there is the port too.
     Setting("port", "IPC_PORT", "port", parse_port, DEFAULT_PORT, f"`{DEFAULT_PORT}`",
             "port (bound to 127.0.0.1); `--port` also takes a Twisted endpoint string",
@@ -273,6 +302,7 @@ class Settings(NamedTuple):
 
     db_path: str
     db_path_is_default: bool
+    db_url: str
     port: int
     listen: str
     api_key: str
@@ -307,7 +337,20 @@ class Settings(NamedTuple):
         for setting in TABLE:
             values[setting.name] = _value(setting, environ, options, values)
         given_db = options.get("db") or environ.get("IPC_DB_PATH")
+        if given_db and is_url(given_db) and options.get("db"):
+            values["db_url"] = given_db  # --db postgresql://...
+        elif options.get("db"):
+            values["db_url"] = ""  # --db PATH: that file, whatever IPC_DB_URL says
+        if is_url(values["db_path"]):
+            if not values["db_url"]:
+                values["db_url"] = parse_db_url(values["db_path"], "IPC_DB_PATH")
+            values["db_path"], given_db = default_db_path(environ), None
         return cls(db_path_is_default=not given_db, **values)
+
+    @property
+    def database(self) -> str:
+        """Where the store is: the PostgreSQL URL if one is set, else the SQLite file."""
+        return self.db_url or self.db_path
 
 
 def _value(setting: Setting, environ: Mapping[str, str], options: Mapping[str, Any],
@@ -341,7 +384,7 @@ def prepare_db_location(settings: Settings) -> str | None:
 
     The notice is returned, not printed, so the CLI and the server each say it their own way.
     """
-    if not settings.db_path_is_default or os.path.exists(settings.db_path):
+    if settings.db_url or not settings.db_path_is_default or os.path.exists(settings.db_path):
         return None
     folder = os.path.dirname(settings.db_path)
     os.makedirs(folder, mode=0o700, exist_ok=True)

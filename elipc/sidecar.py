@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from elipc import store, wire
-from elipc.config import MAX_PAGE, Settings, prepare_db_location
+from elipc.config import MAX_PAGE, Settings, prepare_db_location, redact
 from elipc.model import (
     RESERVED_PREFIX,
     SECURITY_CHANNEL,
@@ -95,7 +95,7 @@ class Sidecar:
         if self.follows:
             self.api["register_poller"]("elipc", self.follow)
         following = ", ".join(f"{c} as {a}" for c, a in self.follows) or "nothing"
-        self.say(f"registered on {self.settings.db_path}; the drain follows {following}")
+        self.say(f"registered on {redact(self.settings.database)}; the drain follows {following}")
 
     def say(self, text: str) -> None:
         """One line on the sidecar's stderr, as el-ipc's plugin wrote them."""
@@ -106,7 +106,7 @@ class Sidecar:
         """The request threads' connection (opened on first use; call with the lock held)."""
         if self._conn is None:
             prepare_db_location(self.settings)
-            self._conn = store.open_database(self.settings.db_path, check_same_thread=False)
+            self._conn = store.open_database(self.settings.database, check_same_thread=False)
         return self._conn
 
     def answer(self, req: Any, call: Callable[[], object]) -> None:
@@ -355,7 +355,7 @@ class Sidecar:
     def follow(self) -> None:
         """The poller: deliver each followed (channel, agent)'s new messages to the drain as
         they commit, each inserted before the watermark moves past it (at least once)."""
-        conn = store.open_database(self.settings.db_path, check_same_thread=False)
+        conn = store.open_database(self.settings.database, check_same_thread=False)
         try:
             while not self.stopping.is_set():
                 version = store.data_version(conn)

@@ -6,16 +6,15 @@ here imports Twisted; the cryptography library is loaded only when a key is invo
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from elipc import store
 from elipc.cli.context import CommandError, Context, explain_refused_send, message_content
 from elipc.cli.follow import follow_local
 from elipc.cli.inbox import inbox_local
 from elipc.cli.system import Clock
-from elipc.config import parse_duration, prepare_db_location
+from elipc.config import parse_duration, prepare_db_location, redact
 from elipc.model import (
     UNSIGNED,
     Message,
@@ -39,16 +38,16 @@ PRUNE_BATCH = 10_000
 OUTPUT_COMMANDS = ("read", "follow", "history")
 
 
-def open_database(ctx: Context) -> sqlite3.Connection:
+def open_database(ctx: Context) -> Any:
     """The run's database, created (0600) and migrated if need be; el-ipc's hint on stderr
     (except from a reading command whose output a program reads: see OUTPUT_COMMANDS)."""
     notice = prepare_db_location(ctx.settings)
     if notice and (ctx.console.terminal or ctx.args.command not in OUTPUT_COMMANDS):
         ctx.console.note(notice)
     try:
-        return store.open_database(ctx.settings.db_path)
+        return store.open_database(ctx.settings.database)
     except StorageError as e:
-        raise CommandError(f"{ctx.settings.db_path}: {e}") from None
+        raise CommandError(f"{redact(ctx.settings.database)}: {e}") from None
 
 
 # -- messages ------------------------------------------------------------------------------
@@ -108,7 +107,7 @@ def _printer(ctx: Context) -> Callable[[list[Message]], None]:
     return deliver
 
 
-def _verifying_printer(ctx: Context, conn: sqlite3.Connection,
+def _verifying_printer(ctx: Context, conn: Any,
                        channel: str) -> Callable[[list[Message]], None]:
     from elipc import identity  # loaded before the read transaction starts
 
@@ -118,12 +117,12 @@ def _verifying_printer(ctx: Context, conn: sqlite3.Connection,
     return deliver
 
 
-def _public_key(conn: sqlite3.Connection, name: str) -> str | None:
+def _public_key(conn: Any, name: str) -> str | None:
     entry = store.get_agent(conn, name)
     return entry.public_key if entry else None
 
 
-def await_commit(clock: Clock, conn: sqlite3.Connection, version: int,
+def await_commit(clock: Clock, conn: Any, version: int,
                   deadline: float) -> bool:
     """Sleep until another process commits (True) or the deadline passes (False)."""
     while clock.monotonic() < deadline:
@@ -227,7 +226,7 @@ def cmd_register(ctx: Context) -> None:
                       "message": f"Agent '{name}' registered by operator '{operator}'"})
 
 
-def _check_operator(conn: sqlite3.Connection, operator: str, key_file: str,
+def _check_operator(conn: Any, operator: str, key_file: str,
                     key: Ed25519PrivateKey) -> None:
     # Said here in the CLI's words (which file is wrong) before the operation's own check.
     from elipc import identity

@@ -18,8 +18,6 @@ from typing import TYPE_CHECKING, Any
 from elipc.model import Message, check_name
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from elipc.cli.context import Context
     from elipc.cli.output import Console
     from elipc.cli.remote import Remote
@@ -91,7 +89,7 @@ def follow_local(ctx: Context) -> None:
         await_commit(ctx.clock, conn, version, float("inf"))
 
 
-def _drain_local(conn: sqlite3.Connection, channels: list[str], agent: str, printer: Printer,
+def _drain_local(conn: Any, channels: list[str], agent: str, printer: Printer,
                  verify: Verify | None) -> bool:
     from elipc import store
 
@@ -107,7 +105,7 @@ def _drain_local(conn: sqlite3.Connection, channels: list[str], agent: str, prin
     return delivered
 
 
-def _local_verifier(conn: sqlite3.Connection) -> Verify:
+def _local_verifier(conn: Any) -> Verify:
     from elipc import identity, store
 
     def verified(channel: str, message: Message) -> bool:

@@ -26,7 +26,7 @@ from elipc.cli.mailbox import (
     RemoteMailbox,
 )
 from elipc.cli.system import Clock
-from elipc.config import DEFAULT_WAIT_TIMEOUT, MAX_WAIT_TIMEOUT, prepare_db_location
+from elipc.config import DEFAULT_WAIT_TIMEOUT, MAX_WAIT_TIMEOUT, prepare_db_location, redact
 from elipc.model import ElipcError, check_name
 
 if TYPE_CHECKING:
@@ -50,9 +50,9 @@ def serve_local(ctx: Context) -> None:
     if notice:
         ctx.console.note(notice)
     try:
-        conn = store.open_database(ctx.settings.db_path, check_same_thread=False)
+        conn = store.open_database(ctx.settings.database, check_same_thread=False)
     except ElipcError as e:
-        raise CommandError(f"{ctx.settings.db_path}: {e}") from None
+        raise CommandError(f"{redact(ctx.settings.database)}: {e}") from None
     try:
         _run(LocalMailbox(conn, ctx, agent, key), ctx.clock)
     finally:

@@ -27,7 +27,7 @@ from elipc import operations, store
 from elipc.agentcard import RESIGN, served_card, signed_by
 from elipc.config import DEFAULT_PAGE, Settings
 from elipc.model import RESERVED_PREFIX, Accepted, Agent, Page, Rejected, Signed
-from elipc.server.database import ChangeFeed, Database
+from elipc.server.database import Database, Feed
 from elipc.server.metrics import Metrics
 from elipc.server.security import SecurityEvents
 from elipc.server.waiters import Waiters
@@ -40,7 +40,7 @@ log = Logger(namespace="elipc.broker")
 class Broker(MultiService):
     """Send, read (with long-poll), register, and the read-only views, for one database."""
 
-    def __init__(self, database: Database, waiters: Waiters, feed: ChangeFeed,
+    def __init__(self, database: Database, waiters: Waiters, feed: Feed,
                  clock: IReactorTime, settings: Settings, metrics: Metrics) -> None:
         super().__init__()
         self.metrics = metrics

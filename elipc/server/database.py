@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.enterprise.adbapi import ConnectionPool
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from elipc import store
+from elipc.config import is_url
 from elipc.model import StorageError
 from elipc.server.waiters import Waiters
 
@@ -50,16 +51,29 @@ def sqlite_pool(path: str, connections: int, reactor: IReactorTime | None = None
     )
 
 
-class OpenedFile:
-    """The database file as the server opened it: its path and its (device, inode)."""
+def postgres_pool(url: str, connections: int, reactor: IReactorTime | None = None,
+                  ) -> ConnectionPool:
+    """An adbapi pool of `connections` PostgreSQL connections (store.postgres.PgConnection,
+    autocommit: the store runs its own transactions). A connection that fails is replaced
+    on its next use (the database restarted)."""
+    return ConnectionPool(
+        "elipc.store.postgres", url, cp_min=connections, cp_max=connections,
+        cp_reconnect=True, cp_reactor=reactor,
+    )
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.identity = store.file_identity(path)
+
+class OpenedFile:
+    """The database file as the server opened it: its path and its (device, inode). On
+    PostgreSQL (a URL), there is no file to check."""
+
+    def __init__(self, location: str) -> None:
+        self.path = location
+        self.identity = None if is_url(location) else store.file_identity(location)
 
     def check(self) -> None:
         """Raise DatabaseGone if the path names another file now, or none."""
-        store.check_same_file(self.path, self.identity)
+        if self.identity is not None:
+            store.check_same_file(self.path, self.identity)
 
 
 def open_connections(pool: Pool, count: int) -> Deferred[Any]:
@@ -78,12 +92,17 @@ def _wait_for_all(db: Any, everyone: threading.Barrier) -> None:
 class CommitWatch:
     """Tells, from the writer thread, which channels other processes have written to."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
         self.version: int | None = None
         self.last_id = 0
+        self.enabled = enabled  # on PostgreSQL, NotifyFeed hears other servers' commits
+        self.backend_pid = 0
 
     def check(self, db: Any) -> set[str]:
         """The channels written by another connection since the last check (cheap if none)."""
+        if not self.enabled:
+            self.backend_pid = getattr(db, "backend_pid", 0)
+            return set()
         version = store.data_version(db)
         if self.version is None:
             self.version, self.last_id = version, store.last_message_id(db)
@@ -117,16 +136,16 @@ class Database:
     """Deferred-returning access to the store for the server; `on_external_commit` hears
     which channels other processes wrote to."""
 
-    def __init__(self, path: str, writer: Pool, readers: Pool,
+    def __init__(self, location: str, writer: Pool, readers: Pool,
                  on_external_commit: Callable[[set[str]], None],
                  on_turn: TurnHook = _no_hook) -> None:
-        self._opened = OpenedFile(path)
+        self._opened = OpenedFile(location)
         self._writer = writer
         self._readers = readers
         self._queue: list[tuple[Operation, Deferred[Any]]] = []
         self._turn: Deferred[None] | None = None
         self._poll_wanted = False
-        self._watch = CommitWatch()
+        self._watch = CommitWatch(enabled=not is_url(location))
         self._drained: list[Deferred[None]] = []
         self._on_external_commit = on_external_commit
         self._on_turn = on_turn
@@ -159,6 +178,10 @@ class Database:
         result: Deferred[Any] = self._readers.runWithConnection(
             _checked, self._opened, function, args)
         return result
+
+    def is_writer(self, backend_pid: int) -> bool:
+        """Whether `backend_pid` is this server's writer connection (PostgreSQL)."""
+        return backend_pid == self._watch.backend_pid != 0
 
     def __len__(self) -> int:
         """How many writes wait for the writer's next turn."""
@@ -258,6 +281,20 @@ def _checked(db: Any, opened: OpenedFile, function: Callable[..., Any],
     return function(db, *args)
 
 
+class Feed(Protocol):
+    """What tells the broker of other processes' commits: ChangeFeed (SQLite), NotifyFeed
+    (PostgreSQL)."""
+
+    def start(self) -> None:
+        """Begin (the storage is starting)."""
+
+    def watch(self) -> None:
+        """A waiter is parking: make sure commits are being looked for."""
+
+    def stop(self) -> None:
+        """End (the server is stopping)."""
+
+
 class ChangeFeed:
     """Notices other processes' commits while anyone waits: every EXTERNAL_COMMIT_POLL_S it
     asks the writer for a (cheap) turn, whose check wakes the channels written to. With
@@ -268,6 +305,9 @@ class ChangeFeed:
         self._waiters = waiters
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
+
+    def start(self) -> None:
+        """Nothing to do until someone waits."""
 
     def watch(self) -> None:
         """Make sure other processes' commits are being looked for (a waiter is parking)."""

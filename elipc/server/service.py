@@ -28,10 +28,10 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from elipc import __version__, config, store
-from elipc.config import Settings, prepare_db_location
+from elipc.config import Settings, prepare_db_location, redact
 from elipc.model import ConfigError
 from elipc.server.broker import Broker
-from elipc.server.database import ChangeFeed, Database, Pool, sqlite_pool
+from elipc.server.database import ChangeFeed, Database, Feed, Pool, postgres_pool, sqlite_pool
 from elipc.server.metrics import Metrics
 from elipc.server.site import ElipcSite, Offload
 from elipc.server.waiters import Waiters
@@ -68,13 +68,16 @@ class Options(usage.Options):
 class StorageService(Service):
     """The database as a service: on stop, lets queued writes finish, then closes."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, feed: Feed) -> None:
         self.database = database
+        self.feed = feed
 
     def startService(self) -> None:
         """Start the pools' threads and open every connection now, not on first use (a
-        service may be started into a reactor that is already running)."""
+        service may be started into a reactor that is already running); start hearing
+        other servers' commits (PostgreSQL)."""
         super().startService()
+        self.feed.start()
         self.database.start().addErrback(
             lambda f: log.critical("cannot open the database: {reason}",
                                    reason=f.getErrorMessage()))
@@ -131,7 +134,7 @@ class Listener(StreamServerEndpointService):
             "elipc {version} listening on {address}; database {db}; API key {api_key}; "
             "linger {linger} s; signatures {signatures}; replay window {window} s; "
             "retention {retention}",
-            version=__version__, address=_describe(port.getHost()), db=settings.db_path,
+            version=__version__, address=_describe(port.getHost()), db=redact(settings.database),
             linger=settings.linger, window=settings.replay_window,
             signatures="strict" if settings.strict_signatures else "el-ipc accepted",
             retention=f"{settings.retention:g} s" if settings.retention else "off",
@@ -203,28 +206,36 @@ class Server:
 def build(settings: Settings, reactor: Any, writer: Pool | None = None,
           readers: Pool | None = None, listen: bool = True,
           offload: Offload | None = None) -> Server:
-    """Wire a server over `settings.db_path`: pools (adbapi unless given), waiters, the
+    """Wire a server over `settings.database` (SQLite or PostgreSQL): pools (adbapi unless given), waiters, the
     change feed, the broker, the site, and the service tree (with a listener if `listen`).
     `offload` runs blocking work off the reactor thread (default: the reactor's thread pool).
     """
     clock: IReactorTime = reactor
     metrics = Metrics(settings.metrics)
     waiters = Waiters(clock)
+    location = settings.database
+    pool = postgres_pool if settings.db_url else sqlite_pool
     database = Database(
-        settings.db_path,
-        writer or sqlite_pool(settings.db_path, WRITER_CONNECTIONS, reactor),
-        readers or sqlite_pool(settings.db_path, READER_CONNECTIONS, reactor),
+        location,
+        writer or pool(location, WRITER_CONNECTIONS, reactor),
+        readers or pool(location, READER_CONNECTIONS, reactor),
         on_external_commit=waiters.wake_channels,
         on_turn=metrics.writer_turn,
     )
-    broker = Broker(database, waiters, ChangeFeed(database, waiters, clock), clock, settings,
-                    metrics)
+    feed: Feed
+    if settings.db_url:
+        from elipc.server.notify import NotifyFeed
+
+        feed = NotifyFeed(location, waiters, reactor, own=database.is_writer)
+    else:
+        feed = ChangeFeed(database, waiters, clock)
+    broker = Broker(database, waiters, feed, clock, settings, metrics)
     site = make_site(broker, settings, clock, offload or _thread_pool(reactor))
     metrics.watch(waiting=lambda: len(waiters), streams=site.open_streams,
                   queued=lambda: len(database))
     service = ElipcService()
     Connections(site).setServiceParent(service)
-    StorageService(database).setServiceParent(service)
+    StorageService(database, feed).setServiceParent(service)
     broker.setServiceParent(service)
     if listen:
         Listener(settings, site, reactor).setServiceParent(service)
@@ -246,9 +257,9 @@ def check_database(settings: Settings) -> None:
     if notice:
         log.warn("{notice}", notice=notice)
     try:
-        store.open_database(settings.db_path).close()
+        store.open_database(settings.database).close()
     except store.StorageError as e:
-        raise SystemExit(f"elipc: {settings.db_path}: {e}") from None
+        raise SystemExit(f"elipc: {redact(settings.database)}: {e}") from None
 
 
 def makeService(options: Options, reactor: Any = None) -> ElipcService:

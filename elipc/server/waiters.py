@@ -66,6 +66,10 @@ class Waiters:
         for channel in channels & self._by_channel.keys():
             self.wake(channel)
 
+    def wake_all(self) -> None:
+        """Wake every waiter (commits may have been missed: each reads again)."""
+        self.wake_channels(set(self._by_channel))
+
     def close(self) -> None:
         """Answer every waiter as timed out (False) and refuse new ones: the server is stopping."""
         self._closed = True

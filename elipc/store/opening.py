@@ -10,27 +10,10 @@ import os
 import sqlite3
 from typing import Any
 
+from elipc.config import is_url
 from elipc.model import DatabaseGone, StorageError
 from elipc.store import schema
 from elipc.store.connection import BUSY_TIMEOUT_S, configure
-
-
-def is_url(location: str) -> bool:
-    """Whether `location` names a PostgreSQL database (else it is an SQLite file's path)."""
-    return location.startswith(("postgresql://", "postgres://"))
-
-
-def redact(location: str) -> str:
-    """`location` with any password in it replaced by ***, for logs and error messages."""
-    if not is_url(location):
-        return location
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(location)
-    if parts.password is None:
-        return location
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def open_database(location: str, *, check_same_thread: bool = True) -> Any:

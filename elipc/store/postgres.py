@@ -31,6 +31,7 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
+from elipc.config import redact
 from elipc.model import SchemaTooNew, StorageError
 from elipc.store.connection import (
     MIGRATION_LOCK,
@@ -38,7 +39,6 @@ from elipc.store.connection import (
     WRITE_LOCK_CLASS,
     register_driver,
 )
-from elipc.store.opening import redact
 
 # adbapi.ConnectionPool("elipc.store.postgres", url) uses this module as its DB-API module:
 # it calls connect(url) in each pool thread and reads these two names.
@@ -136,7 +136,7 @@ def connect(url: str) -> PgConnection:
                     f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}",
         )
     except psycopg.Error as e:
-        raise StorageError(f"cannot connect to {redact(url)}: {describe(e)}") from None
+        raise StorageError(describe(e)) from None
     return PgConnection(conn)
 
 
@@ -291,11 +291,11 @@ def set_next_id(db: Any) -> None:
 
 def describe_schema(db: Any) -> dict[str, object]:
     """Tables with their columns and indexes: what "same schema" means (for the tests)."""
-    shape: dict[str, object] = {"version": schema_version(db)}
+    tables: dict[str, list[tuple[str, str]]] = {}
     rows = db.execute(
         "SELECT table_name, column_name, data_type FROM information_schema.columns "
         "WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
     ).fetchall()
     for table, column, kind in rows:
-        shape.setdefault(f"table {table}", []).append((column, kind))  # type: ignore[union-attr]
-    return shape
+        tables.setdefault(f"table {table}", []).append((column, kind))
+    return {"version": schema_version(db), **tables}
