@@ -12,7 +12,7 @@ import tempfile
 from typing import Any
 
 from twisted.internet.defer import maybeDeferred
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 # Long enough for a loaded CI machine, short enough that a hung subprocess fails its test.
 SUBPROCESS_TIMEOUT_S = 60
@@ -52,7 +52,14 @@ def make_el_ipc_database(path: str, with_signature_column: bool = True) -> None:
 
 
 def raw_rows(path: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Run a read-only query on a separate connection: what is really on disk."""
+    """Run a read-only query on a separate connection: what is really on disk (`path` may
+    be a PostgreSQL URL)."""
+    if path.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(path, autocommit=True) as pg_conn:
+            statement = query.replace("%", "%%").replace("?", "%s")
+            return [tuple(row) for row in pg_conn.execute(statement, params or None).fetchall()]
     conn = sqlite3.connect(path)
     try:
         return conn.execute(query, params).fetchall()
@@ -149,11 +156,25 @@ class SynchronousPool:
         self.connection.close()
 
 
+def new_postgres_database(case: SynchronousTestCase) -> str:
+    """A fresh database on this test process's PostgreSQL (tests/pg.py), dropped after
+    `case`; its URL."""
+    from tests import pg
+
+    if not pg.available():
+        raise SkipTest(pg.MISSING)
+    server = pg.server()
+    url = server.create_database()
+    case.addCleanup(server.drop_database, url)
+    return url
+
+
 class Server:
     """The real server (database, waiters, broker, Klein app, site), wired by the same build
     function as `twist elipc`, over a real database file and driven in memory by StubTreq."""
 
-    def __init__(self, case: SynchronousTestCase, **environ: str) -> None:
+    def __init__(self, case: SynchronousTestCase, *, store: str = "sqlite",
+                 **environ: str) -> None:
         from treq.testing import StubTreq
         from twisted.internet.task import Clock
 
@@ -161,10 +182,14 @@ class Server:
         from elipc.server.service import build
 
         self.dir = temp_dir(case)
-        self.path = os.path.join(self.dir, "ipc.db")
         self.clock = Clock()
         self.clock.advance(1_700_000_000)  # signatures carry real Unix times
-        self.settings = Settings.load({"IPC_DB_PATH": self.path, **environ})
+        if store == "postgresql":
+            self.path = new_postgres_database(case)
+            self.settings = Settings.load({"IPC_DB_URL": self.path, **environ})
+        else:
+            self.path = os.path.join(self.dir, "ipc.db")
+            self.settings = Settings.load({"IPC_DB_PATH": self.path, **environ})
         self.writer, self.reader = SynchronousPool(self.path), SynchronousPool(self.path)
         case.addCleanup(self.writer.close)
         case.addCleanup(self.reader.close)

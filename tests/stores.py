@@ -51,8 +51,8 @@ class PostgresStore:
         import psycopg
 
         with psycopg.connect(self.location, autocommit=True) as conn:
-            return [tuple(row) for row in
-                    conn.execute(query.replace("?", "%s"), params).fetchall()]
+            statement = query.replace("%", "%%").replace("?", "%s")
+            return [tuple(row) for row in conn.execute(statement, params or None).fetchall()]
 
 
 class StoreCase(SynchronousTestCase):

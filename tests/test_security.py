@@ -315,3 +315,16 @@ class EventTests(SecureCase):
         text = json.dumps(self.security_events())
         self.assertNotIn("signature\":", text.replace("invalid_signature", ""))
         self.assertNotIn("BEGIN", text)
+
+
+# Secure mode on PostgreSQL: the same rules, in the same transactions.
+class SendPostgresTests(SendTests):
+    store = "postgresql"
+
+
+class ReadPostgresTests(ReadTests):
+    store = "postgresql"
+
+
+class RegisterPostgresTests(RegisterTests):
+    store = "postgresql"

@@ -84,9 +84,11 @@ class StreamClient:
 
 
 class StreamCase(TestCase):
+    store = "sqlite"
+
     def setUp(self) -> None:
         """The in-memory server's site on a loopback port."""
-        self.server = Server(self, **self.environ())
+        self.server = Server(self, store=self.store, **self.environ())
         self.port_ = reactor.listenTCP(0, self.server.site, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(self.port_.stopListening)
         self.port = self.port_.getHost().port
@@ -277,3 +279,7 @@ class SecureStreamTests(StreamCase):
             self.successResultOf(pending))))["id"])
 
 
+
+
+class DeliveryPostgresTests(DeliveryTests):
+    store = "postgresql"

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from elipc import identity, store
 from tests.helpers import Server, raw_rows
@@ -19,9 +19,10 @@ class WebCase(SynchronousTestCase):
     """A fresh server per test, with helpers that return (status, json)."""
 
     environ: dict[str, str] = {}
+    store = "sqlite"
 
     def setUp(self) -> None:
-        self.server = Server(self, **self.environ)
+        self.server = Server(self, store=self.store, **self.environ)
         self.http = self.server.http
 
     def answer(self, pending: Deferred[Any]) -> tuple[int, Any]:
@@ -451,3 +452,25 @@ class RawHttpTests(SynchronousTestCase):
             b"POST /send HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"14\r\n" + b"x" * 20 + b"\r\n0\r\n\r\n")
         self.assertEqual(self.json_error(raw)[0], 413)
+
+
+# The same endpoints on PostgreSQL: the server's contract with its store holds on both.
+class EndpointPostgresTests(EndpointTests):
+    store = "postgresql"
+
+
+class LongPollPostgresTests(LongPollTests):
+    store = "postgresql"
+
+    def test_external_commit_wakes_waiter(self) -> None:
+        """On PostgreSQL another process's commit arrives as a notification, which needs a
+        running reactor: NotifyFeedTests (test_postgres.py) and the two-server tests."""
+        raise SkipTest("covered by test_postgres.NotifyFeedTests on a real reactor")
+
+
+class IdempotencyPostgresTests(IdempotencyTests):
+    store = "postgresql"
+
+
+class BadInputPostgresTests(BadInputTests):
+    store = "postgresql"

@@ -33,7 +33,7 @@ from elipc.model import ElipcError
 __all__ = ["CommandError", "main"]
 
 # Commands that never talk to a server, even when one is configured.
-LOCAL_ONLY = ("keygen", "serve")
+LOCAL_ONLY = ("keygen", "serve", "migrate")
 
 
 def main(argv: list[str] | None = None, *, environ: Mapping[str, str] | None = None,

@@ -129,6 +129,15 @@ def _define(sub: argparse.ArgumentParser, command: str) -> None:
             help=f"at most this many (default {DEFAULT_PAGE})")
     elif command == "prune":
         add("--older-than", required=True, help="a duration: 7d, 12h, 30m, or seconds")
+    elif command == "migrate":
+        add("--from", dest="source", required=True,
+            help="the store to copy: an SQLite file or a postgresql:// URL")
+        add("--to", dest="target", required=True,
+            help="the store to copy into: a postgresql:// URL or an SQLite file")
+        add("--force", action="store_true",
+            help="copy into a target that holds data already (rows there are kept)")
+        add("--batch", type=_page_size, default=5000,
+            help="rows per transaction (default 5000)")
     elif command in ("seed", "keygen"):
         if command == "seed":
             add("name")
@@ -166,6 +175,8 @@ HELP: dict[str, str] = {
     "agents": "agents: list operators and agents",
     "history": "history <channel> [--after-id N] [--limit M]: past messages",
     "prune": "prune --older-than 7d: delete old messages",
+    "migrate": "migrate --from SRC --to DST [--force]: copy a store (SQLite file or "
+               "postgresql:// URL) into another, ids kept",
     "agent-card": "agent-card: print the A2A agent card",
     "card": "card sign --key F: sign the agent card (JWS) with an operator's key",
     "serve": "serve [port]: run the HTTP server",

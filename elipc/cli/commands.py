@@ -13,6 +13,7 @@ from elipc import store
 from elipc.cli.context import CommandError, Context, explain_refused_send, message_content
 from elipc.cli.follow import follow_local
 from elipc.cli.inbox import inbox_local
+from elipc.cli.migrate import cmd_migrate
 from elipc.cli.system import Clock
 from elipc.config import parse_duration, prepare_db_location, redact
 from elipc.model import (
@@ -307,4 +308,5 @@ COMMANDS: dict[str, Callable[[Context], None]] = {
     "follow": follow_local,
     "mcp": cmd_mcp,
     "inbox": inbox_local,
+    "migrate": cmd_migrate,
 }
