@@ -15,6 +15,7 @@ what was committed while nobody listened is found by the read each waiter makes.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,9 @@ class NotifyFeed:
         self._reactor = reactor
         self._own = own  # this server's writer: its sends woke their waiters already
         self._conn: Any = None
+        # The reactor watches a duplicate of the connection's socket, ours to close: psycopg
+        # closes its own when the connection is lost, before we can unregister it.
+        self._fd = -1
         self._stopped = False
         self._delay = RECONNECT_FIRST_S
         self._retry: Any = None
@@ -71,7 +75,7 @@ class NotifyFeed:
 
     def fileno(self) -> int:
         """The connection's socket."""
-        return int(self._conn.raw.fileno()) if self._conn is not None else -1
+        return self._fd
 
     def doRead(self) -> None:
         """Read the notifications that have arrived; wake their channels."""
@@ -102,6 +106,7 @@ class NotifyFeed:
             return
         reconnected = self.connected.called
         self._conn, self._delay = conn, RECONNECT_FIRST_S
+        self._fd = os.dup(conn.raw.fileno())
         self._reactor.addReader(self)
         if reconnected:
             log.info("listening to {url} again", url=redact(self._url))
@@ -132,7 +137,8 @@ class NotifyFeed:
     def _drop(self) -> None:
         if self._conn is not None:
             self._reactor.removeReader(self)
-            conn, self._conn = self._conn, None
+            os.close(self._fd)
+            conn, self._conn, self._fd = self._conn, None, -1
             try:
                 conn.close()
             except Exception:
