@@ -31,7 +31,6 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
-from elipc.config import redact
 from elipc.model import SchemaTooNew, StorageError
 from elipc.store.connection import (
     MIGRATION_LOCK,
