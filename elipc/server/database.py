@@ -54,11 +54,11 @@ def sqlite_pool(path: str, connections: int, reactor: IReactorTime | None = None
 def postgres_pool(url: str, connections: int, reactor: IReactorTime | None = None,
                   ) -> ConnectionPool:
     """An adbapi pool of `connections` PostgreSQL connections (store.postgres.PgConnection,
-    autocommit: the store runs its own transactions). A connection that fails is replaced
-    on its next use (the database restarted)."""
+    autocommit: the store runs its own transactions). A lost connection fails the statement
+    that meets it, and the next one reconnects (the database restarted)."""
     return ConnectionPool(
         "elipc.store.postgres", url, cp_min=connections, cp_max=connections,
-        cp_reconnect=True, cp_reactor=reactor,
+        cp_reactor=reactor,
     )
 
 

@@ -42,6 +42,8 @@ from elipc.store.connection import (
 # adbapi.ConnectionPool("elipc.store.postgres", url) uses this module as its DB-API module:
 # it calls connect(url) in each pool thread and reads these two names.
 threadsafety = 2
+apilevel = "2.0"
+paramstyle = "qmark"
 Error = psycopg.Error
 
 NOTIFY_CHANNEL = "elipc"
@@ -67,10 +69,22 @@ class PgConnection:
 
     dialect = "postgresql"
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], url: str) -> None:
         self._conn = conn
+        self._url = url
         self._listening = False
         self._version = 0
+
+    def _usable(self) -> psycopg.Connection[Any]:
+        # A connection lost (the database restarted) fails the statement that meets it;
+        # the next one, outside any transaction, reconnects. Listeners listen again and
+        # count one change: what was committed meanwhile must be looked for.
+        if self._conn.broken or self._conn.closed:
+            self._conn = _connect(self._url)
+            if self._listening:
+                self._listening = False
+                self._version += 1
+        return self._conn
 
     @property
     def raw(self) -> psycopg.Connection[Any]:
@@ -85,30 +99,28 @@ class PgConnection:
     @property
     def in_transaction(self) -> bool:
         """Whether a transaction is open (sqlite3.Connection.in_transaction)."""
-        return self._conn.info.transaction_status != pq.TransactionStatus.IDLE
+        return self._conn.info.transaction_status in _IN_TRANSACTION
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
         """Run one statement; its cursor (fetchone, fetchall, rowcount)."""
-        return self._conn.execute(_translate(sql), params or None)
+        return self._usable().execute(_translate(sql), params or None)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement for each of `rows`."""
-        with self._conn.cursor() as cursor:
+        with self._usable().cursor() as cursor:
             cursor.executemany(_translate(sql), list(rows))
 
     def cursor(self) -> psycopg.Cursor[Any]:
-        """A DB-API cursor (adbapi checks a connection with one after a failure)."""
-        return self._conn.cursor()
+        """A DB-API cursor."""
+        return self._usable().cursor()
 
     def commit(self) -> None:
         """Nothing: the store commits its own transactions (adbapi calls this after each use)."""
 
     def rollback(self) -> None:
-        """Roll back a transaction left open; raise if the connection is broken, so adbapi
-        replaces it (the database restarted, say)."""
-        if self._conn.broken or self._conn.closed:
-            raise StorageError("the connection to PostgreSQL was lost")
-        if self.in_transaction:
+        """Roll back a transaction left open (adbapi calls this after a failure). A lost
+        connection has nothing to roll back: the next statement reconnects."""
+        if not (self._conn.broken or self._conn.closed) and self.in_transaction:
             self._conn.execute("ROLLBACK")
 
     def close(self) -> None:
@@ -119,24 +131,34 @@ class PgConnection:
         """A number that changes whenever a message is committed (by anyone): notifications
         counted, without waiting. The first call starts listening."""
         if not self._listening:
-            self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            self._usable().execute(f"LISTEN {NOTIFY_CHANNEL}")
             self._listening = True
-        for _ in self._conn.notifies(timeout=0.0):
-            self._version += 1
+        try:
+            for _ in self._conn.notifies(timeout=0.0):
+                self._version += 1
+        except psycopg.OperationalError:
+            self._version += 1  # lost: read again (which reconnects, or says why not)
         return self._version
+
+
+_IN_TRANSACTION = (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR,
+                   pq.TransactionStatus.ACTIVE)
 
 
 def connect(url: str) -> PgConnection:
     """A configured connection to `url` (the database must exist); StorageError if none."""
+    return PgConnection(_connect(url), url)
+
+
+def _connect(url: str) -> psycopg.Connection[Any]:
     try:
-        conn = psycopg.connect(
+        return psycopg.connect(
             url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
             options=f"-c lock_timeout={LOCK_TIMEOUT_MS} "
                     f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}",
         )
     except psycopg.Error as e:
         raise StorageError(describe(e)) from None
-    return PgConnection(conn)
 
 
 def describe(error: BaseException) -> str:
