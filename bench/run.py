@@ -98,7 +98,10 @@ class Server:
         self.port = free_port()
         self.log = open(log_path, "ab")
         env = {**BASE_ENV, **environ}
-        env["IPC_DB_PATH"] = db_path
+        if db_path.startswith("postgresql://"):
+            env["IPC_DB_URL"] = db_path
+        else:
+            env["IPC_DB_PATH"] = db_path
         self.proc = subprocess.Popen(
             [os.path.join(BIN, "twist"), "--log-format=text", "elipc", "--port",
              str(self.port)], env=env, stdout=self.log, stderr=subprocess.STDOUT,
@@ -584,13 +587,20 @@ def cli_remote_send(server: "Server", local_db: str, rounds: int) -> dict[str, s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
+    parser.add_argument("--only", choices=("postgresql",),
+                        help="run one section: postgresql (SQLite beside PostgreSQL with one "
+                             "and two servers)")
     args = parser.parse_args()
     scale = 0.1 if args.quick else 1.0
     raise_fd_limit()
     work = tempfile.mkdtemp(prefix="elipc-bench-")
     rows: dict[str, str] = {}
     try:
-        rows.update(run_all(work, scale))
+        if args.only != "postgresql":
+            rows.update(run_all(work, scale))
+        from postgres import run_postgres  # bench/postgres.py, beside this file
+
+        rows.update(run_postgres(work, scale))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     width = max(len(k) for k in rows)

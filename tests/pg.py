@@ -40,8 +40,12 @@ def binaries() -> Path | None:
 class TemporaryPostgres:
     """One PostgreSQL server in a temporary folder; `url(database)` names a database on it."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = False) -> None:
         installed = binaries()
+        # Tests need no fsync; a benchmark compares like with like (SQLite fsyncs each commit).
+        self.durability = ([] if durable else
+                           ["-c", "fsync=off", "-c", "full_page_writes=off",
+                            "-c", "synchronous_commit=off"])
         if installed is None:
             raise RuntimeError(MISSING)
         self.folder = Path(tempfile.mkdtemp(prefix="elipc-pg-"))
@@ -97,8 +101,8 @@ class TemporaryPostgres:
         log = open(self.folder / "server.log", "ab")
         self.process = subprocess.Popen(
             [str(self.install / "bin" / "postgres"), "-D", str(self.data), "-k", self.socket_dir,
-             "-c", "listen_addresses=", "-c", "fsync=off", "-c", "full_page_writes=off",
-             "-c", "max_connections=200", "-c", "shared_buffers=32MB"],
+             "-c", "listen_addresses=", "-c", "max_connections=200",
+             "-c", "shared_buffers=64MB", *self.durability],
             stdout=log, stderr=log, preexec_fn=self._as_server_user, start_new_session=True)
         log.close()
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
