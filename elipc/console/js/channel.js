@@ -76,7 +76,8 @@ export function mount(main, channel, params) {
   const timeline = new Timeline(channel, scroller, list, status, jump);
   const showCount = () => {
     const entry = state.channels.get(channel);
-    count.textContent = entry ? `${entry.count.toLocaleString()} messages` : "";
+    count.textContent = entry
+      ? `${entry.count.toLocaleString()} message${entry.count === 1 ? "" : "s"}` : "";
   };
   showCount();
   stops.push(subscribe((kind) => { if (kind === "channels") showCount(); }));

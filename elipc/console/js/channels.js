@@ -70,7 +70,7 @@ function render() {
   }
   fill(summary, wanted
     ? `${entries.length} of ${state.channels.size} channels`
-    : `${state.channels.size} channels`);
+    : `${state.channels.size} channel${state.channels.size === 1 ? "" : "s"}`);
 }
 
 /** Build the sidebar into `aside`. */

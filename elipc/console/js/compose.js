@@ -16,11 +16,12 @@ function off(section, why) {
 function editor(section, channel, secure) {
   const sender = el("input", {id: "compose-sender", required: true, autocomplete: "nickname",
                               value: sessionStorage.getItem(SENDER_SLOT) || "console"});
-  const text = el("textarea", {id: "compose-text", rows: 3, required: true,
+  const text = el("textarea", {id: "compose-text", rows: 2, required: true,
                                placeholder: `Message to ${channel}`});
   const status = el("p", {class: "compose-status", role: "status"});
   const send = el("button", {type: "submit"}, "Send");
-  const form = el("form", {class: "compose-form", "aria-label": `Write to ${channel}`},
+  const form = el("form", {class: secure ? "compose-form signed" : "compose-form",
+                           "aria-label": `Write to ${channel}`},
     secure ? null : el("div", {class: "sender-field"},
                         el("label", {for: sender.id}, "Send as"), sender),
     el("div", {class: "text-field"},

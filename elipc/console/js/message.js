@@ -3,7 +3,7 @@
 
 import {el, time} from "./dom.js";
 import {verifyMessage, unavailable} from "./signing.js";
-import {agents} from "./state.js";
+import {agents, secureMode} from "./state.js";
 
 const FOLD_CHARS = 1200;
 const FOLD_LINES = 16;
@@ -11,7 +11,9 @@ const FOLD_LINES = 16;
 function marks(channel, message) {
   const holder = el("span", {class: "marks"});
   if (!message.signed) {
-    holder.append(el("span", {class: "mark unsigned", title: "not signed"}, "unsigned"));
+    // Worth saying only where signing is the rule.
+    if (secureMode()) holder.append(el("span", {class: "mark unsigned", title: "not signed"},
+                                       "unsigned"));
     return holder;
   }
   const mark = el("span", {class: "mark signed", title: "signed; checking…"}, "signed");

@@ -24,8 +24,8 @@ function event(e) {
     el("span", {class: "context"}, `${k}: ${e[k]}`));
   return el("li", {class: "event", "data-id": e.id},
     el("header", {}, el("span", {class: "kind"}, e.kind || "event"), time(e.timestamp),
-       e.remote ? el("span", {class: "remote"}, `from ${e.remote}`) : null),
-    el("p", {class: "reason"}, e.reason ?? ""), context.length ? el("p", {}, context) : null);
+       e.remote ? el("span", {class: "remote"}, `from ${e.remote}`) : null, context),
+    el("p", {class: "reason"}, e.reason ?? ""));
 }
 
 export function mount(main) {
