@@ -2,21 +2,28 @@
 the tests of one process, and one headless Chromium (Debian's, driven by Playwright for
 Python: no browser download), started on first use and stopped when the process exits.
 
-Playwright's sync API runs its own event loop on a greenlet in this thread; these tests are
-SynchronousTestCases, so no Twisted reactor runs beside it. Under pytest-xdist each worker
-that runs a browser test starts its own server and browser.
+Playwright's sync API runs an asyncio loop that stays "running" in the thread that started
+it (asyncio.run elsewhere in the process would then fail), so everything Playwright does
+happens on one thread of its own: a scenario is handed to it and its result or failure
+handed back (Shared.run). No Twisted reactor runs there. Under pytest-xdist each worker that
+runs a browser test starts its own server and browser.
 """
 
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
+import importlib.util
 import os
+import queue
+import threading
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from tests.helpers import cli_env
 from tests.test_e2e import BIN, START_TIMEOUT_S, free_port, stop_process
@@ -43,9 +50,7 @@ def missing() -> str | None:
     """Why the browser tests cannot run here (one line naming what to install), or None."""
     if chromium_path() is None:
         return "no Chromium: install it (apt-get install chromium) to run the console's browser tests"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("playwright") is None:
         return "no Playwright for Python: pip install -e '.[test]'"
     return None
 
@@ -90,22 +95,51 @@ class LiveServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class Shared:
-    """The process's browser and servers, made on first use, gone at exit."""
+T = TypeVar("T")
 
+
+class Shared:
+    """The process's browser (on its own thread) and servers, made on first use, gone at
+    exit."""
+
+    # A daemon thread of our own, not an executor: executors refuse work once the
+    # interpreter starts exiting, and the browser is closed from atexit.
+    work: queue.Queue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = queue.Queue()
+    thread: threading.Thread | None = None
     playwright: Any = None
     browser: Any = None
     servers: dict[str, LiveServer] = {}
 
     @classmethod
+    def run(cls, scenario: Callable[[], T], timeout: float = 300) -> T:
+        """Run `scenario` on the browser's thread; return what it returns, raise what it
+        raises."""
+        if cls.thread is None:
+            cls.thread = threading.Thread(target=cls._serve, name="playwright", daemon=True)
+            cls.thread.start()
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+        cls.work.put((scenario, done))
+        return done.result(timeout)
+
+    @classmethod
+    def _serve(cls) -> None:
+        while True:
+            scenario, done = cls.work.get()
+            try:
+                done.set_result(scenario())
+            except BaseException as e:  # handed back to the test's thread
+                done.set_exception(e)
+
+    @classmethod
     def get_browser(cls) -> Any:
+        """The browser (call it on the browser's thread)."""
         if cls.browser is None:
             from playwright.sync_api import sync_playwright
 
             cls.playwright = sync_playwright().start()
             cls.browser = cls.playwright.chromium.launch(
                 executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
-            atexit.register(cls.close)
+            atexit.register(lambda: cls.run(cls.close, 60))
         return cls.browser
 
     @classmethod

@@ -81,17 +81,24 @@ class ConsoleCase(SynchronousTestCase):
             self.server = Shared.server("open", seed_open)
         else:
             self.server = Shared.server("secure", seed_secure, IPC_API_KEY=API_KEY)
-        self.view = Page(self.server.base)
-        self.addCleanup(self.view.close)
-        self.page = self.view.page
+
+    def browse(self, scenario: Any) -> None:
+        """Run `scenario` on the browser's thread with a fresh page (self.view, self.page),
+        then check that the page logged no error."""
+        def run() -> None:
+            self.view = Page(self.server.base)
+            self.page = self.view.page
+            try:
+                scenario()
+                self.assertEqual(self.view.errors, [], self.view.errors)
+            finally:
+                self.view.close()
+        Shared.run(run)
 
     def expect(self, target: Any) -> Any:
         from playwright.sync_api import expect
 
         return expect(target)
-
-    def no_errors(self) -> None:
-        self.assertEqual(self.view.errors, [], self.view.errors)
 
 
 class OpenConsoleTests(ConsoleCase):
@@ -100,6 +107,9 @@ class OpenConsoleTests(ConsoleCase):
     def test_channels_live_send_and_hostile_content(self) -> None:
         """The channels appear and filter; a message sent with the CLI shows within 2 s of
         its commit; content with markup stays text and runs nothing."""
+        self.browse(self.channels_live_send_and_hostile_content)
+
+    def channels_live_send_and_hostile_content(self) -> None:
         page = self.view.open()
         self.expect(page.locator('#channel-list li[data-channel="team-29"]')).to_be_visible()
         self.assertGreaterEqual(page.locator("#channel-list li").count(), 35)
@@ -120,11 +130,13 @@ class OpenConsoleTests(ConsoleCase):
             .to_be_visible(timeout=2000)
         self.expect(page.locator('#channel-list li[data-channel="xss"] .count')).to_have_text("2")
         self.view.shoot("channel")
-        self.no_errors()
 
     def test_scrolling_back_pages_history(self) -> None:
         """The newest page shows first; scrolling up loads older pages until the first
         message, never all of them at once."""
+        self.browse(self.scrolling_back_pages_history)
+
+    def scrolling_back_pages_history(self) -> None:
         page = self.view.open("#/c/history")
         self.expect(page.locator(".message").last).to_contain_text(f"entry {HISTORY - 1}")
         first_page = page.locator(".message").count()
@@ -138,11 +150,13 @@ class OpenConsoleTests(ConsoleCase):
         self.expect(beginning).to_be_visible()
         self.expect(page.locator(".message .content").first).to_have_text("entry 0")
         self.assertGreater(page.locator(".message").count(), first_page)
-        self.no_errors()
 
     def test_search_links_into_the_channel(self) -> None:
         """Search (reached with the / key) finds a message by a word; its result opens the
         channel at that message."""
+        self.browse(self.search_links_into_the_channel)
+
+    def search_links_into_the_channel(self) -> None:
         page = self.view.open()
         self.expect(page.locator("#channel-list li").first).to_be_visible()
         page.keyboard.press("/")
@@ -156,10 +170,12 @@ class OpenConsoleTests(ConsoleCase):
         result.locator("a.result-link").click()
         self.expect(page.locator(".message.anchor .content")).to_have_text(
             "the zanzibarquux is here")
-        self.no_errors()
 
     def test_delivery_state_moves_when_an_agent_reads(self) -> None:
         """Each reader's watermark and pending count show, and move when the agent reads."""
+        self.browse(self.delivery_state_moves_when_an_agent_reads)
+
+    def delivery_state_moves_when_an_agent_reads(self) -> None:
         page = self.view.open("#/c/delivery")
         laggard = page.locator('.delivery tr[data-agent="laggard"] td[data-pending]')
         self.expect(laggard).to_have_attribute("data-pending", "4")
@@ -168,11 +184,13 @@ class OpenConsoleTests(ConsoleCase):
         read = run_cli(self.server.db, "read", "delivery", "laggard")
         self.assertEqual(read.code, 0, read.err)
         self.expect(laggard).to_have_attribute("data-pending", "0", timeout=5000)
-        self.no_errors()
 
     def test_security_events_and_long_content(self) -> None:
         """The security view shows the events and counts /security gives; long content is
         folded until unfolded."""
+        self.browse(self.security_events_and_long_content)
+
+    def security_events_and_long_content(self) -> None:
         api(self.server, "/register", body={"name": "x", "operator_key": "oops"})
         expected = api(self.server, "/security")
         self.assertTrue(expected["events"])
@@ -189,22 +207,25 @@ class OpenConsoleTests(ConsoleCase):
         self.expect(content).to_have_class("content folded")
         page.click("button.fold")
         self.expect(content).to_have_class("content")
-        self.no_errors()
 
     def test_phone_width(self) -> None:
         """At phone width the channel list is the channels view, a channel fills the page."""
+        self.browse(self.phone_width)
+
+    def phone_width(self) -> None:
         phone = Page(self.server.base, width=390, height=800)
-        self.addCleanup(phone.close)
-        page = phone.open()
-        self.expect(page.locator("#channel-list li").first).to_be_visible()
-        self.assertFalse(page.locator("main").is_visible())
-        phone.shoot("phone-channels")
-        page.click('#channel-list a:has-text("delivery")')
-        self.expect(page.locator(".message").first).to_be_visible()
-        self.assertFalse(page.locator("#sidebar").is_visible())
-        phone.shoot("phone-channel")
-        self.assertEqual(phone.errors, [])
-        self.no_errors()
+        try:
+            page = phone.open()
+            self.expect(page.locator("#channel-list li").first).to_be_visible()
+            self.assertFalse(page.locator("main").is_visible())
+            phone.shoot("phone-channels")
+            page.click('#channel-list a:has-text("delivery")')
+            self.expect(page.locator(".message").first).to_be_visible()
+            self.assertFalse(page.locator("#sidebar").is_visible())
+            phone.shoot("phone-channel")
+            self.assertEqual(phone.errors, [])
+        finally:
+            phone.close()
 
 
 class SecureConsoleTests(ConsoleCase):
@@ -222,6 +243,9 @@ class SecureConsoleTests(ConsoleCase):
     def test_nothing_loads_until_the_key_is_given(self) -> None:
         """With IPC_API_KEY set the page asks for the key before any API request, then
         loads; the key never appears in a URL."""
+        self.browse(self.nothing_loads_until_the_key_is_given)
+
+    def nothing_loads_until_the_key_is_given(self) -> None:
         page = self.view.open()
         self.expect(page.locator("#key-dialog")).to_be_visible()
         page.wait_for_timeout(500)
@@ -232,11 +256,13 @@ class SecureConsoleTests(ConsoleCase):
         self.sign_in_with_key(page)
         self.expect(page.locator('#channel-list li[data-channel="signed"]')).to_be_visible()
         self.assertFalse([u for u in self.view.requests if API_KEY in u])
-        self.no_errors()
 
     def test_agents_view_shows_the_directory(self) -> None:
         """Every entry /agents lists appears with its role, registrar, did:key and
         fingerprint."""
+        self.browse(self.agents_view_shows_the_directory)
+
+    def agents_view_shows_the_directory(self) -> None:
         expected = api(self.server, "/agents", {"Authorization": f"Bearer {API_KEY}"})
         page = self.view.open()
         self.sign_in_with_key(page)
@@ -248,11 +274,13 @@ class SecureConsoleTests(ConsoleCase):
             self.expect(row.locator(".fingerprint")).to_have_text(agent["fingerprint"])
             self.expect(row.locator("td").nth(1)).to_have_text(agent["registered_by"] or "—")
         self.view.shoot("agents")
-        self.no_errors()
 
     def test_operator_security_view_and_signed_compose(self) -> None:
         """An operator signs in with their key file (in the page) and sees the events the
         API gives an operator; an agent's key signs a message that appears verified."""
+        self.browse(self.operator_security_view_and_signed_compose)
+
+    def operator_security_view_and_signed_compose(self) -> None:
         headers = {"Authorization": f"Bearer {API_KEY}"}
         api(self.server, "/send", headers, {"channel": "signed", "sender": "herald",
                                             "content": "forged", "signature": "A" * 86 + "=="})
@@ -284,4 +312,3 @@ class SecureConsoleTests(ConsoleCase):
         self.assertIn("invalid_signature", kinds)
         self.expect(page.locator(".event .kind")).to_have_text(kinds)
         self.view.shoot("security-operator")
-        self.no_errors()

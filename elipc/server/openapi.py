@@ -282,8 +282,8 @@ def paths(settings: Settings) -> dict[str, Schema]:
              query("after_id", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
                    "only messages with a higher id (default 0)"),
              query("before_id", {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
-                   "instead of after_id: the page just before this id (scrolling back; "
-                   "X-Elipc-More: older ones remain)"),
+                   "the page just before this id, oldest first, none at or below "
+                   "after_id (scrolling back; X-Elipc-More: older ones remain)"),
              query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
                    f"at most this many (default {DEFAULT_PAGE})")])},
         "/ack": {"post": operation(

@@ -37,10 +37,12 @@ class Overview:
             raise Rejected(f"{RESERVED_PREFIX} channels are not public in secure mode; read "
                            "them as an operator", "security_channel", channel=channel)
 
-    async def history_before(self, channel: str, before_id: int, limit: int) -> Page:
-        """The `limit` messages of `channel` before `before_id`, oldest first (scrolling
-        back), and whether older ones remain."""
-        page: Page = await self._db.read(store.history_before, channel, before_id, limit)
+    async def history_before(self, channel: str, before_id: int, limit: int,
+                             after_id: int = 0) -> Page:
+        """The `limit` messages of `channel` before `before_id` (after `after_id`), oldest
+        first (scrolling back), and whether older ones remain."""
+        page: Page = await self._db.read(store.history_before, channel, before_id, limit,
+                                         after_id)
         return page
 
     async def activity(self, after_id: int | None) -> dict[str, Any]:

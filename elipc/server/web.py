@@ -163,21 +163,19 @@ class HttpApi(ConsoleViews):
 
     @route("/history", "GET", "channel", "after_id", "before_id", "limit")
     async def history(self, request: IRequest, params: dict[str, str]) -> bytes:
-        """GET /history?channel[&after_id|&before_id][&limit] -> [message, ...], oldest
-        first, moving nothing: the page after after_id, or the page just before before_id
-        (scrolling back; X-Elipc-More then says whether older ones remain)."""
+        """GET /history?channel[&after_id][&before_id][&limit] -> [message, ...], oldest
+        first, moving nothing: the page after after_id, or with before_id the page just
+        before it (scrolling back; X-Elipc-More then says whether older ones remain)."""
         channel = check_name(params.get("channel"), "channel")
         limit = requests.whole(params, "limit", DEFAULT_PAGE, MAX_PAGE, minimum=1)
-        if "after_id" in params and "before_id" in params:
-            raise InvalidInput("give after_id or before_id, not both")
         if channel.startswith(RESERVED_PREFIX) and await self.broker.is_secure():
             raise Rejected(f"history of {RESERVED_PREFIX} channels is not public in secure "
                            "mode; read it as an operator", "security_channel", channel=channel)
+        after_id = requests.whole(params, "after_id", 0, 2**63 - 1)
         if "before_id" in params:
             before_id = requests.whole(params, "before_id", 0, 2**63 - 1, minimum=1)
             return _page(request, await self.broker.overview.history_before(
-                channel, before_id, limit))
-        after_id = requests.whole(params, "after_id", 0, 2**63 - 1)
+                channel, before_id, limit, after_id))
         return _page(request, await self.broker.history(channel, after_id, limit))
 
     @route("/stream", "GET", "channel", "agent", "ack", "after_id", repeated=("channel",),

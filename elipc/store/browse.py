@@ -17,12 +17,13 @@ _COLUMNS = ("id, channel, sender, content, created_at, COALESCE(signature, ''), 
 
 
 @guarded
-def history_before(db: Any, channel: str, before_id: int, limit: int) -> Page:
-    """The `limit` messages of `channel` just before `before_id`, oldest first, and whether
-    older ones remain (scrolling back)."""
+def history_before(db: Any, channel: str, before_id: int, limit: int,
+                   after_id: int = 0) -> Page:
+    """The `limit` messages of `channel` just before `before_id` (and after `after_id`),
+    oldest first, and whether older ones remain (scrolling back)."""
     rows = db.execute(
-        f"SELECT {_COLUMNS} FROM messages WHERE channel = ? AND id < ? ORDER BY id DESC "
-        "LIMIT ?", (channel, before_id, limit + 1)).fetchall()
+        f"SELECT {_COLUMNS} FROM messages WHERE channel = ? AND id < ? AND id > ? "
+        "ORDER BY id DESC LIMIT ?", (channel, before_id, after_id, limit + 1)).fetchall()
     return Page([Message(*row) for row in reversed(rows[:limit])], len(rows) > limit)
 
 

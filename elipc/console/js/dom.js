@@ -1,5 +1,5 @@
 // Building the page without ever parsing data as markup: every text goes in through
-// textContent or an attribute, never innerHTML. Messages, names and errors are untrusted.
+// textContent or an attribute, never parsed as HTML. Messages, names and errors are untrusted.
 
 /** An element: `el("a", {href: "#x", class: "y"}, "text", child, ...)`. */
 export function el(tag, attributes = {}, ...children) {
