@@ -78,9 +78,3 @@ export function highlighted(text, words) {
   if (at < text.length) nodes.push(text.slice(at));
   return nodes;
 }
-
-/** Say `text` to screen readers through the page's polite live region. */
-export function announce(text) {
-  const region = document.getElementById("announcer");
-  if (region) region.textContent = text;
-}

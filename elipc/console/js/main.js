@@ -6,15 +6,19 @@ import * as api from "./api.js";
 import * as state from "./state.js";
 import {mountSidebar, focusFilter, moveSelection} from "./channels.js";
 import {mountHealth} from "./health.js";
-import * as channel from "./channel.js";
-import * as search from "./search.js";
-import * as agents from "./agents.js";
-import * as security from "./security.js";
-import * as overview from "./overview.js";
 
-const views = {channels: overview, c: channel, search, agents, security};
+// Each view's module is loaded when first shown: the channel list and the health bar (and
+// their first requests) do not wait for every view's code.
+const views = {
+  channels: () => import("./overview.js"),
+  c: () => import("./channel.js"),
+  search: () => import("./search.js"),
+  agents: () => import("./agents.js"),
+  security: () => import("./security.js"),
+};
 let unmount = null;
 let started = false;
+let shown = 0;  // the latest show(): an older one whose module came late does not mount
 
 function route() {
   const hash = location.hash.replace(/^#\/?/, "") || "channels";
@@ -28,10 +32,14 @@ function route() {
   return {view, argument, params: new URLSearchParams(query)};
 }
 
-function show() {
+async function show() {
   if (!started) return;
   const {view, argument, params} = route();
   if (unmount) unmount();
+  unmount = null;
+  const ticket = ++shown;
+  const module = await views[view]();
+  if (ticket !== shown) return;
   const main = document.getElementById("main");
   main.replaceChildren();
   document.getElementById("layout").dataset.view = view;
@@ -40,7 +48,7 @@ function show() {
     if (current) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
-  unmount = views[view].mount(main, argument, params) || null;
+  unmount = module.mount(main, argument, params) || null;
 }
 
 function askForKey(message = "") {
@@ -79,7 +87,10 @@ const keys = {
   c: () => { location.hash = "#/channels"; },
   a: () => { location.hash = "#/agents"; },
   e: () => { location.hash = "#/security"; },
-  "/": () => { location.hash = "#/search"; setTimeout(() => document.getElementById("q")?.focus(), 0); },
+  "/": () => {
+    if (location.hash.startsWith("#/search")) document.getElementById("q")?.focus();
+    else location.hash = "#/search";  // the search view focuses its field
+  },
   f: () => focusFilter(),
   j: () => moveSelection(1),
   k: () => moveSelection(-1),

@@ -67,6 +67,7 @@ export function mount(main, _argument, params) {
     location.hash = `#/search?${next}`;
   });
   more.addEventListener("click", load);
+  if (!params.get("q")) form.querySelector("#q").focus();
   load();
   return () => abort.abort();
 }

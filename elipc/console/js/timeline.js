@@ -4,7 +4,7 @@
 // the window reaches the newest.
 
 import * as api from "./api.js";
-import {el, fill, announce} from "./dom.js";
+import {fill} from "./dom.js";
 import {messageNode} from "./message.js";
 
 const PAGE = 100;
@@ -78,8 +78,7 @@ export class Timeline {
       if (this.firstId === null) this.firstId = message.id;
       this.trim("top");
       if (follow) this.scroller.scrollTop = this.scroller.scrollHeight;
-      else this.unseen += 1;
-      announce(`${message.sender} on ${this.channel}`);
+      else this.unseen += 1;  // (screen readers hear it through the list's role=log)
     }
     this.render();
   }
