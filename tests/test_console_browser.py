@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import urllib.request
 from typing import Any
@@ -95,6 +96,16 @@ class ConsoleCase(SynchronousTestCase):
                 self.view.close()
         Shared.run(run)
 
+    def assert_labelled(self) -> None:
+        """Every field has a label and every button a name a screen reader can say."""
+        nameless = self.page.evaluate("""() => [...document.querySelectorAll(
+            'input, textarea, select, button')].filter((node) => node.offsetParent !== null)
+            .filter((node) => node.tagName === 'BUTTON'
+              ? !(node.textContent.trim() || node.getAttribute('aria-label'))
+              : !(node.labels.length || node.getAttribute('aria-label')))
+            .map((node) => node.outerHTML.slice(0, 80))""")
+        self.assertEqual(nameless, [])
+
     def expect(self, target: Any) -> Any:
         from playwright.sync_api import expect
 
@@ -129,6 +140,8 @@ class OpenConsoleTests(ConsoleCase):
         self.expect(page.locator(".message .content", has_text="from the command line")) \
             .to_be_visible(timeout=2000)
         self.expect(page.locator('#channel-list li[data-channel="xss"] .count')).to_have_text("2")
+        self.expect(page.locator('[data-figure="rate"]')).to_have_text(re.compile(r"^\d+\.\d msg/s$"))
+        self.assert_labelled()
         self.view.shoot("channel")
 
     def test_scrolling_back_pages_history(self) -> None:
@@ -192,7 +205,11 @@ class OpenConsoleTests(ConsoleCase):
 
     def security_events_and_long_content(self) -> None:
         api(self.server, "/register", body={"name": "x", "operator_key": "oops"})
-        expected = api(self.server, "/security")
+        for _ in range(100):  # the event is written after the refusal is answered
+            expected = api(self.server, "/security")
+            if expected["events"]:
+                break
+            time.sleep(0.05)
         self.assertTrue(expected["events"])
         page = self.view.open("#/security")
         events = page.locator(".event")
@@ -301,6 +318,7 @@ class SecureConsoleTests(ConsoleCase):
         page.keyboard.press("e")
         self.expect(page.get_by_text("In secure mode the security events are for operators."))\
             .to_be_visible()
+        self.assert_labelled()
         page.set_input_files('.security input[type="file"]', os.path.join(self.server.dir, "op.key"))
         page.fill(".security input[autocomplete=username]", "op")
         page.click('.security button:has-text("Use this key")')
@@ -311,4 +329,5 @@ class SecureConsoleTests(ConsoleCase):
         kinds = [e["kind"] for e in expected["events"]]
         self.assertIn("invalid_signature", kinds)
         self.expect(page.locator(".event .kind")).to_have_text(kinds)
+        self.assert_labelled()
         self.view.shoot("security-operator")
