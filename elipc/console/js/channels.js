@@ -42,6 +42,7 @@ function update(item, entry) {
   mark.classList.toggle("on", active);
   count.textContent = entry.count.toLocaleString();
   when.textContent = ago(entry.last_message);
+  when.title = entry.last_message ? new Date(entry.last_message * 1000).toLocaleString() : "";
   label.textContent = active ? "active" : "";
   label.className = active ? "visually-hidden" : "";
   link.toggleAttribute("data-reserved", reserved(entry.channel));

@@ -50,7 +50,30 @@ function render(node) {
           el("span", {"data-figure": "rate"}, `${now.toFixed(1)} msg/s`)));
 }
 
+// The Security link carries how many refusals the server counted since it started.
+function badge() {
+  const link = document.querySelector('nav a[data-view="security"]');
+  if (!link || !state.health) return;
+  const total = Object.values(state.health.security_events || {}).reduce((a, b) => a + b, 0);
+  let mark = link.querySelector(".badge");
+  if (!total) {
+    mark?.remove();
+    return;
+  }
+  if (!mark) {
+    mark = el("span", {class: "badge"});
+    link.append(" ", mark);
+  }
+  mark.textContent = total.toLocaleString();
+  mark.setAttribute("aria-label", `${total} refusals`);
+}
+
 export function mountHealth(node) {
-  subscribe((kind) => { if (kind === "health") render(node); });
+  subscribe((kind) => {
+    if (kind === "health") {
+      render(node);
+      badge();
+    }
+  });
   render(node);
 }
