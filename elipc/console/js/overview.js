@@ -26,13 +26,15 @@ function render(panel) {
 export function mount(main) {
   const panel = el("section", {class: "panel overview", "aria-labelledby": "overview-title"});
   main.append(panel);
-  render(panel);
-  panel.querySelector("h1").id = "overview-title";
-  const stop = subscribe((kind) => {
-    if (kind === "channels") {
-      render(panel);
-      panel.querySelector("h1").id = "overview-title";
-    }
-  });
-  return stop;
+  const update = () => {
+    render(panel);
+    panel.querySelector("h1").id = "overview-title";
+  };
+  update();
+  const stop = subscribe((kind) => { if (kind === "channels") update(); });
+  const ageing = setInterval(update, 5000);  // "active now" ends without a new message
+  return () => {
+    stop();
+    clearInterval(ageing);
+  };
 }

@@ -37,8 +37,11 @@ export function reserved(channel) {
   return channel.startsWith("elipc/");
 }
 
+/** Whether `entry` gained messages in the last ACTIVE_FOR_S seconds (seen by the poll, or
+ *  by its last message's time when the page loaded). */
 export function isActive(entry) {
-  return (entry.active_until || 0) > Date.now() / 1000;
+  const now = Date.now() / 1000;
+  return (entry.active_until || 0) > now || now - (entry.last_message || 0) < ACTIVE_FOR_S;
 }
 
 async function loadChannels() {
