@@ -267,3 +267,14 @@ def did_key(public_key_pem: str) -> str:
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
     return did_key_from_raw(raw)
+
+
+def key_fingerprint(public_key_pem: str) -> str:
+    """OpenSSH's fingerprint of a PEM public key: `SHA256:` and the unpadded base64 of the
+    SHA-256 of its raw 32 bytes (what a person compares at a glance)."""
+    import hashlib
+
+    raw = parse_public_key(public_key_pem).public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return "SHA256:" + base64.b64encode(hashlib.sha256(raw).digest()).decode("ascii").rstrip("=")

@@ -77,7 +77,7 @@ class OpenApiTests(SynchronousTestCase):
 
     def test_query_parameters(self) -> None:
         """Each operation's query parameters are exactly those its route accepts."""
-        from elipc.server.web import QUERY_PARAMS
+        from elipc.server.routing import QUERY_PARAMS
 
         for key, op in self.operations().items():
             described = {p["name"] for p in op.get("parameters", []) if p["in"] == "query"}

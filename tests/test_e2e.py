@@ -340,3 +340,8 @@ class PackagingTests(SynchronousTestCase):
         self.assertNotIn("twisted/__init__.py", names)
         self.assertNotIn("twisted/plugins/__init__.py", names)
         self.assertIn("elipc/store/__init__.py", names)
+        console = os.path.join(REPO, "elipc", "console")
+        for folder, _, files in os.walk(console):  # the console's files, every one
+            for name in files:
+                path = os.path.relpath(os.path.join(folder, name), REPO)
+                self.assertIn(path.replace(os.sep, "/"), names)

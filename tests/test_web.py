@@ -96,7 +96,8 @@ class EndpointTests(WebCase):
         status, agents = self.get("/agents")
         self.assertEqual(agents, [{"name": "op", "identity": "", "role": "operator",
                                    "registered_by": None, "created_at": 1.0,
-                                   "public_key": public, "did": identity.did_key(public)}])
+                                   "public_key": public, "did": identity.did_key(public),
+                                   "fingerprint": identity.key_fingerprint(public)}])
         self.assertNotIn("PRIVATE", json.dumps(agents))
 
     def test_agent_card(self) -> None:

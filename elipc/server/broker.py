@@ -29,6 +29,7 @@ from elipc.config import DEFAULT_PAGE, Settings
 from elipc.model import RESERVED_PREFIX, Accepted, Agent, Page, Rejected, Signed
 from elipc.server.database import Database, Feed
 from elipc.server.metrics import Metrics
+from elipc.server.overview import Overview
 from elipc.server.security import SecurityEvents
 from elipc.server.waiters import Waiters
 
@@ -57,6 +58,8 @@ class Broker(MultiService):
         self._groups: dict[tuple[Any, ...], list[tuple[str, Deferred[Page]]]] = {}
         self._groups_lock = threading.Lock()
         self.security = SecurityEvents(database, waiters, clock, metrics.refusals)
+        self.overview = Overview(database, clock, self.policy)
+        self.long_polls = 0  # waiting now (streams wait too, but are not long-polls)
         self._timer(self._forget_expired)
         if settings.retention:
             self._timer(self._retention_tick)
@@ -126,7 +129,7 @@ class Broker(MultiService):
                 if page.messages or not wait:
                     return self._answered(page, woken)
             remaining = deadline - self._clock.seconds()
-            if remaining <= 0 or not await self._wait(channel, remaining):
+            if remaining <= 0 or not await self._long_poll(channel, remaining):
                 return self._answered(Page([], False), None)
             woken = time.perf_counter()  # the wake runs this at once, from the commit
 
@@ -137,6 +140,15 @@ class Broker(MultiService):
             if woken is not None:
                 self.metrics.wake_seconds.observe(time.perf_counter() - woken)
         return page
+
+    def _long_poll(self, channel: str, timeout: float) -> Deferred[bool]:
+        # Counted while it waits (woken, timed out, or cancelled: the client went away).
+        self.long_polls += 1
+        return self._wait(channel, timeout).addBoth(self._long_poll_over)
+
+    def _long_poll_over(self, result: Any) -> Any:
+        self.long_polls -= 1
+        return result
 
     def _wait(self, channel: str, timeout: float) -> Deferred[bool]:
         waiting = self.waiters.wait(channel, timeout)

@@ -202,11 +202,14 @@ def schemas(settings: Settings) -> dict[str, Schema]:
         "Agent": {
             "type": "object",
             "required": ["name", "identity", "role", "registered_by", "created_at",
-                         "public_key", "did"],
+                         "public_key", "did", "fingerprint"],
             "properties": {
                 "name": text, "identity": text, "role": {"enum": ["operator", "agent"]},
                 "registered_by": {"type": ["string", "null"]}, "created_at": number,
-                "public_key": text, "did": {"type": ["string", "null"]}}},
+                "public_key": text, "did": {"type": ["string", "null"]},
+                "fingerprint": {"type": ["string", "null"],
+                                "description": "SHA256: and the base64 SHA-256 of the raw "
+                                               "key, as OpenSSH shows it"}}},
         "Health": {
             "type": "object",
             "required": ["status", "pending", "secure_mode", "security_events", "oldest_id"],
@@ -229,6 +232,7 @@ def schemas(settings: Settings) -> dict[str, Schema]:
 
 def paths(settings: Settings) -> dict[str, Schema]:
     """Every route."""
+    from elipc.server import openapi_views  # it builds on this module's helpers
     wait_max = settings.max_wait
     linger_max = min(MAX_LINGER, wait_max)
     channel, agent = name("the channel"), name("the reading agent")
@@ -269,14 +273,17 @@ def paths(settings: Settings) -> dict[str, Schema]:
              *read_signature_headers("read")])},
         "/history": {"get": operation(
             "A channel's history",
-            "Messages after after_id, oldest first, moving nothing. In secure mode the "
-            "elipc/ channels' history is not public.",
+            "Messages after after_id (or the page just before before_id), oldest first, "
+            "moving nothing. In secure mode the elipc/ channels' history is not public.",
             {"200": answer("messages, oldest first", {"type": "array", "items": ref("Message")},
                            **{"X-Elipc-More": MORE}),
              **errors("403")},
             [query("channel", channel, "the channel", required=True),
              query("after_id", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
                    "only messages with a higher id (default 0)"),
+             query("before_id", {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+                   "the page just before this id, oldest first, none at or below "
+                   "after_id (scrolling back; X-Elipc-More: older ones remain)"),
              query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
                    f"at most this many (default {DEFAULT_PAGE})")])},
         "/ack": {"post": operation(
@@ -346,6 +353,7 @@ def paths(settings: Settings) -> dict[str, Schema]:
                      "content": {"text/plain": {"schema": {"type": "string"}}}},
              "404": answer("metrics are off (IPC_METRICS=0)", ref("Error")),
              **errors()})},
+        **openapi_views.paths(),
         "/openapi.json": {"get": operation(
             "This description", "The OpenAPI 3.1 description of this server.",
             {"200": answer("the description", {"type": "object"}), **errors()})},
@@ -354,6 +362,7 @@ def paths(settings: Settings) -> dict[str, Schema]:
 
 def describe(settings: Settings) -> dict[str, Any]:
     """The OpenAPI 3.1 document for a server with `settings`."""
+    from elipc.server import openapi_views
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "elipc", "version": __version__,
@@ -362,7 +371,7 @@ def describe(settings: Settings) -> dict[str, Any]:
         "servers": [{"url": settings.agent_url}],
         "paths": paths(settings),
         "components": {
-            "schemas": schemas(settings),
+            "schemas": {**schemas(settings), **openapi_views.schemas()},
             "responses": {f"E{status}": answer(text, ref("Error"), **(
                 {"Retry-After": RETRY_AFTER} if status == "429" else {}))
                           for status, text in ERRORS.items()},

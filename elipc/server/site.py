@@ -216,9 +216,10 @@ class Front(Resource):
     isLeaf = True
 
     def __init__(self, app: Resource, api_key: str, security: Callable[..., None],
-                 bytes_in: Callable[[int], None]) -> None:
+                 bytes_in: Callable[[int], None], console: Any = None) -> None:
         super().__init__()
         self._app = app
+        self._console = console  # server/console.py's ConsoleFiles, served without the key
         self._security = security
         self._bytes_in = bytes_in
         self._expected = f"Bearer {api_key}".encode("utf-8") if api_key else b""
@@ -229,6 +230,8 @@ class Front(Resource):
         if body is not None and (received := body.seek(0, 2)):
             body.seek(0)
             self._bytes_in(received)
+        if self._console is not None and self._console.serves(request.path):
+            return self._console.render(request)
         if self._expected and not self._authorized(request):
             self._security("api_key", "missing or wrong API key", remote_address(request))
             return json_bytes(request, 401, {"error": "unauthorized"})

@@ -8,18 +8,13 @@ site.py refuses what never reaches a route, also with JSON.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
 
-from klein import Klein
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource
 from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
@@ -32,7 +27,7 @@ from elipc.config import (
     MAX_PAGE,
     Settings,
 )
-from elipc.identity import IdentityError, did_key
+from elipc.identity import IdentityError, did_key, key_fingerprint
 from elipc.model import (
     RESERVED_PREFIX,
     ElipcError,
@@ -48,11 +43,14 @@ from elipc.model import (
 )
 from elipc.server import requests
 from elipc.server.broker import Broker
+from elipc.server.console import ConsoleFiles
 from elipc.server.openapi import describe
+from elipc.server.routing import APP, route
 from elipc.server.limits import RateLimited, RateLimits
 from elipc.server.metrics import CONTENT_TYPE
 from elipc.server.site import ElipcSite, Front, Offload, json_bytes, remote_address
 from elipc.server.streams import EventStream, Heartbeat, StreamResource
+from elipc.server.views import ConsoleViews
 
 log = Logger(namespace="elipc.web")
 
@@ -61,31 +59,7 @@ log = Logger(namespace="elipc.web")
 STATUS: tuple[tuple[type[ElipcError], int], ...] = (
     (requests.LengthRequired, 411), (RateLimited, 429), *wire.STATUS)
 
-Handler = Callable[[Any, IRequest, dict[str, str]], Awaitable[bytes | IResource]]
-H = TypeVar("H", bound=Handler)
-
-
-_APP = Klein()
 MAX_STREAM_CHANNELS = 64
-# Each route's query parameters, as declared (the OpenAPI description is held to these).
-QUERY_PARAMS: dict[tuple[str, str], tuple[str, ...]] = {}
-
-
-def route(path: str, method: str, *params: str, named: bool = False,
-          repeated: tuple[str, ...] = ()) -> Callable[[H], H]:
-    """Serve `method path`, handing the handler its query parameters (only `params` are
-    allowed; any other is a 400). A request is charged to its address's rate limit first,
-    unless the route is `named`: its handler charges the name it acts for (HttpApi.admit)."""
-    def decorate(handler: H) -> H:
-        @functools.wraps(handler)
-        def parsed(self: HttpApi, request: IRequest) -> Awaitable[bytes | IResource]:
-            if not named:
-                self.admit(request)
-            return handler(self, request, requests.query(request, params, repeated))
-        _APP.route(path, methods=[method])(parsed)
-        QUERY_PARAMS[(method, path)] = params
-        return handler
-    return decorate
 
 
 def status_of(error: ElipcError) -> int:
@@ -93,10 +67,10 @@ def status_of(error: ElipcError) -> int:
     return next((status for kind, status in STATUS if isinstance(error, kind)), 500)
 
 
-class HttpApi:
-    """el-ipc's endpoints over one Broker."""
+class HttpApi(ConsoleViews):
+    """el-ipc's endpoints, and the console's (views.py), over one Broker."""
 
-    app = _APP
+    app = APP
 
     def __init__(self, broker: Broker, settings: Settings, offload: Offload) -> None:
         self.broker = broker
@@ -187,15 +161,21 @@ class HttpApi:
         )
         return _page(request, page)
 
-    @route("/history", "GET", "channel", "after_id", "limit")
+    @route("/history", "GET", "channel", "after_id", "before_id", "limit")
     async def history(self, request: IRequest, params: dict[str, str]) -> bytes:
-        """GET /history?channel[&after_id&limit] -> [message, ...], moving nothing."""
+        """GET /history?channel[&after_id][&before_id][&limit] -> [message, ...], oldest
+        first, moving nothing: the page after after_id, or with before_id the page just
+        before it (scrolling back; X-Elipc-More then says whether older ones remain)."""
         channel = check_name(params.get("channel"), "channel")
         limit = requests.whole(params, "limit", DEFAULT_PAGE, MAX_PAGE, minimum=1)
         if channel.startswith(RESERVED_PREFIX) and await self.broker.is_secure():
             raise Rejected(f"history of {RESERVED_PREFIX} channels is not public in secure "
                            "mode; read it as an operator", "security_channel", channel=channel)
         after_id = requests.whole(params, "after_id", 0, 2**63 - 1)
+        if "before_id" in params:
+            before_id = requests.whole(params, "before_id", 0, 2**63 - 1, minimum=1)
+            return _page(request, await self.broker.overview.history_before(
+                channel, before_id, limit, after_id))
         return _page(request, await self.broker.history(channel, after_id, limit))
 
     @route("/stream", "GET", "channel", "agent", "ack", "after_id", repeated=("channel",),
@@ -254,9 +234,10 @@ class HttpApi:
 
     @route("/agents", "GET")
     async def agents(self, request: IRequest, params: dict[str, str]) -> bytes:
-        """GET /agents -> [{name, identity, role, registered_by, created_at, public_key, did}]."""
+        """GET /agents -> [{name, identity, role, registered_by, created_at, public_key, did,
+        fingerprint}]."""
         agents = await self.broker.agents()
-        return json_bytes(request, 200, [{**a.as_json(), "did": _did(a.public_key)}
+        return json_bytes(request, 200, [{**a.as_json(), **_key_names(a.public_key)}
                                          for a in agents])
 
     @route("/health", "GET", "channel", "agent", named=True)
@@ -358,11 +339,12 @@ def _page(request: IRequest, page: Page) -> bytes:
     return json_bytes(request, 200, [m.as_json() for m in page.messages])
 
 
-def _did(public_key: str) -> str | None:
+def _key_names(public_key: str) -> dict[str, str | None]:
+    # The key's did:key and fingerprint (None for an entry el-ipc stored without a usable key).
     try:
-        return did_key(public_key)
+        return {"did": did_key(public_key), "fingerprint": key_fingerprint(public_key)}
     except IdentityError:
-        return None  # an entry el-ipc stored without a usable key
+        return {"did": None, "fingerprint": None}
 
 
 def make_site(broker: Broker, settings: Settings, clock: IReactorTime,
@@ -370,7 +352,7 @@ def make_site(broker: Broker, settings: Settings, clock: IReactorTime,
     """The complete HTTP site for `broker`; `offload` runs blocking work in a thread."""
     api = HttpApi(broker, settings, offload)
     front = Front(api.app.resource(), settings.api_key, broker.security,
-                  broker.metrics.bytes_in.inc)
+                  broker.metrics.bytes_in.inc, ConsoleFiles(bool(settings.api_key)))
     site = ElipcSite(front, clock, settings.max_body_bytes)
     site.streams = api.streams  # counted for /metrics
     return site

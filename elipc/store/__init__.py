@@ -6,7 +6,10 @@ one package, by concern:
 - connection: pragmas, transactions, errors, batches, noticing other processes;
 - messages: sending, reading, watermarks, acknowledgements, history, retention;
 - directory: operators and agents;
-- guards: nonces (replay protection) and idempotency keys.
+- guards: nonces (replay protection) and idempotency keys;
+- browse: history backwards and channel activity (the console);
+- delivery: each agent's watermark and pending count on a channel (the console);
+- search: full-text search (SQLite FTS5: its only home).
 
 The CLI calls them on its own connection; the server calls the same functions through
 adbapi's runWithConnection. Connections run in autocommit mode and every write is one explicit
@@ -15,6 +18,7 @@ sqlite3 errors leave as StorageError. No Twisted import anywhere in here.
 """
 
 from elipc.model import Conflict, DatabaseGone, SchemaTooNew, StorageError
+from elipc.store.browse import activity, history_before
 from elipc.store.connection import (
     BUSY_TIMEOUT_S,
     channels_after,
@@ -25,6 +29,7 @@ from elipc.store.connection import (
     run_batch,
     transaction,
 )
+from elipc.store.delivery import delivery
 from elipc.store.directory import (
     add_operator,
     first_operator,
@@ -63,10 +68,12 @@ from elipc.store.messages import (
     watermark,
 )
 from elipc.store.opening import check_same_file, file_identity, open_database, open_uri
+from elipc.store.search import search
 
 __all__ = [
     "BUSY_TIMEOUT_S", "Conflict", "DatabaseGone", "MessageRow", "SchemaTooNew", "StorageError",
-    "acknowledge", "acknowledge_through", "across", "add_operator", "card_signatures",
+    "acknowledge", "acknowledge_through", "across", "activity", "add_operator", "delivery",
+    "history_before", "search", "card_signatures",
     "channels_after", "check_same_file", "configure", "data_version", "delete_messages_before",
     "file_identity", "first_operator", "forget_idempotency", "forget_nonces", "get_agent",
     "guarded", "history", "history_page", "idempotent_id", "insert_message", "insert_messages",

@@ -32,6 +32,7 @@ import psycopg
 from psycopg import pq
 
 from elipc.model import SchemaTooNew, StorageError
+from elipc.store.search import PG_SCHEMA as PG_SEARCH_SCHEMA
 from elipc.store.connection import (
     MIGRATION_LOCK,
     WRITE_LOCK,
@@ -244,6 +245,11 @@ UPGRADES: dict[int, tuple[str, ...]] = {
             signed_by   TEXT NOT NULL,
             signed_at   DOUBLE PRECISION NOT NULL
         )""",
+    ),
+    2: (
+        # The console: text search (search.py) and delivery state read by channel.
+        *PG_SEARCH_SCHEMA,
+        "CREATE INDEX watermarks_channel ON watermarks (channel, agent)",
     ),
 }
 

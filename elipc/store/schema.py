@@ -12,6 +12,7 @@ from typing import Any
 
 from elipc.model import SchemaTooNew
 from elipc.store.connection import guarded, transaction
+from elipc.store.search import FTS_SCHEMA
 
 # el-ipc's tables exactly (BEHAVIOUR.md), so an el-ipc file and a fresh one converge.
 BASE_TABLES = (
@@ -87,6 +88,12 @@ UPGRADES: dict[int, tuple[str, ...]] = {
             signed_by   TEXT NOT NULL,
             signed_at   REAL NOT NULL
         )""",
+    ),
+    5: (
+        # The console: full-text search (search.py keeps FTS5's statements, the backfill
+        # included), and delivery state read by channel (the key is (agent, channel)).
+        *FTS_SCHEMA,
+        "CREATE INDEX IF NOT EXISTS watermarks_channel ON watermarks (channel, agent)",
     ),
 }
 
