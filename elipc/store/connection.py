@@ -22,6 +22,8 @@ _DESCRIBERS: list[tuple[type[Exception], Callable[[Exception], str]]] = []
 # WRITE_LOCK) first, as SQLite's BEGIN IMMEDIATE takes the file's lock (see postgres.py).
 WRITE_LOCK_CLASS = 0x656C6970  # "elip"
 WRITE_LOCK, MIGRATION_LOCK = 1, 0
+# One round trip: both statements in one simple query.
+BEGIN_WRITE = f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK_CLASS}, {WRITE_LOCK})"
 
 
 def register_driver(error: type[Exception], describe: Callable[[Exception], str]) -> None:
@@ -74,16 +76,24 @@ class WriteTransaction:
     def __init__(self, db: Any) -> None:
         self.db = db
         self.nested = False
+        self.inner = False  # PostgreSQL, inside a savepoint already: see __enter__
 
     def __enter__(self) -> Any:
         try:
-            self.nested = _connection(self.db).in_transaction
+            connection = _connection(self.db)
+            self.nested = connection.in_transaction
+            if self.nested and is_postgres(self.db):
+                # Each savepoint is a round trip to PostgreSQL (free in SQLite). One per
+                # batch operation is what isolates it; a store call nested deeper needs none
+                # of its own: its failure leaves through the savepoint around it, which no
+                # caller catches to carry on with the transaction.
+                self.inner = connection.nest(1) > 1
+                if self.inner:
+                    return self.db
             if self.nested:
                 self.db.execute("SAVEPOINT elipc_op")
             elif is_postgres(self.db):
-                self.db.execute("BEGIN")
-                self.db.execute("SELECT pg_advisory_xact_lock(?, ?)",
-                                (WRITE_LOCK_CLASS, WRITE_LOCK))
+                self.db.execute(BEGIN_WRITE)
             else:
                 self.db.execute("BEGIN IMMEDIATE")
         except DRIVER_ERRORS as e:
@@ -94,6 +104,12 @@ class WriteTransaction:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  tb: object) -> None:
+        if self.nested and is_postgres(self.db):
+            _connection(self.db).nest(-1)
+            if self.inner:
+                if isinstance(error, DRIVER_ERRORS):
+                    raise StorageError(_describe(error)) from None
+                return
         try:
             self._end(failed=kind is not None)
         except DRIVER_ERRORS as e:

@@ -75,6 +75,12 @@ class PgConnection:
         self._url = url
         self._listening = False
         self._version = 0
+        self._depth = 0
+
+    def nest(self, step: int) -> int:
+        """Count savepoint levels (connection.WriteTransaction); the depth now."""
+        self._depth += step
+        return self._depth
 
     def _usable(self) -> psycopg.Connection[Any]:
         # A connection lost (the database restarted) fails the statement that meets it;
@@ -104,7 +110,9 @@ class PgConnection:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
         """Run one statement; its cursor (fetchone, fetchall, rowcount)."""
-        return self._usable().execute(_translate(sql), params or None)
+        if not params:  # no placeholders to turn, nor a % to double
+            return self._usable().execute(sql)
+        return self._usable().execute(_translate(sql), params)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement for each of `rows`."""
