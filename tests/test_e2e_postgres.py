@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -19,7 +20,14 @@ from urllib.parse import urlencode
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests import pg
-from tests.helpers import SUBPROCESS_TIMEOUT_S, cli_env, new_postgres_database, raw_rows, temp_dir
+from tests.helpers import (
+    SUBPROCESS_TIMEOUT_S,
+    cli_env,
+    new_postgres_database,
+    raw_rows,
+    run_cli,
+    temp_dir,
+)
 from tests.test_e2e import BIN, START_TIMEOUT_S, free_port, stop_process
 
 
@@ -176,6 +184,30 @@ class TwoServerTests(TwoServers):
         self.assertEqual(answers[0][0], 200)
         self.assertEqual([m["content"] for m in answers[0][1]], ["across"])
         self.assertLess(time.monotonic() - started, 25, "woken by the timeout, not the send")
+
+    def test_cli_send_wakes_a_server_and_a_cli_wait(self) -> None:
+        """The real CLI on the database: its send wakes a long-poll on a server, and its
+        `read --wait` is woken by a send through a server."""
+        answers: list[Any] = []
+        query = urlencode({"channel": "c", "agent": "r", "wait": "true", "timeout": "30"})
+        poll = threading.Thread(target=lambda: answers.append(
+            Client(self.ports[1]).request("GET", f"/messages?{query}")))
+        poll.start()
+        time.sleep(0.3)
+        sent = run_cli(None, "send", "c", "cli", "from the CLI", IPC_DB_URL=self.url)
+        self.assertEqual(sent.code, 0, sent.err)
+        poll.join(SUBPROCESS_TIMEOUT_S)
+        self.assertEqual([m["content"] for m in answers[0][1]], ["from the CLI"])
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "elipc", "read", "d", "r", "--wait", "--timeout", "30"],
+            env=cli_env(None, IPC_DB_URL=self.url), stdout=subprocess.PIPE, text=True)
+        self.addCleanup(stop_process, waiting)
+        time.sleep(1.0)  # started and listening (a send before that is found by its read)
+        status, _ = Client(self.ports[0]).request(
+            "POST", "/send", {"channel": "d", "sender": "a", "content": "to the CLI"})
+        self.assertEqual(status, 200)
+        out, _ = waiting.communicate(timeout=SUBPROCESS_TIMEOUT_S)
+        self.assertEqual([m["content"] for m in json.loads(out)], ["to the CLI"])
 
     def test_readers_on_both_drain_writers_on_both_exactly_once(self) -> None:
         """Four writers (two per server) send 10,000 messages; four readers of one agent
