@@ -44,6 +44,7 @@ class Contract:
     assertEqual: Any
     assertRaises: Any
     assertIsNone: Any
+    assertIsInstance: Any
     assertTrue: Any
     assertFalse: Any
     open: Any
@@ -208,6 +209,48 @@ class ConcurrentReaderContract(Contract):
         self.assertEqual(len(got), len(set(got)))
 
 
+class BatchContract(Contract):
+    """A batch (the server's writer turn) commits once; a failing operation in it, whether
+    its own refusal or a failed statement, leaves no trace and spares the others."""
+
+    def test_failures_spare_the_rest(self) -> None:
+        def refused(db: Any) -> None:
+            store.insert_message(db, "c", "a", "undone", "", 1.0)
+            raise store.Conflict("no")
+
+        def broken(db: Any) -> None:
+            store.insert_message(db, "c", "a", "undone too", "", 1.0)
+            db.execute("INSERT INTO no_such_table VALUES (1)")
+
+        def send(content: str) -> Any:
+            return lambda db: store.insert_message(db, "c", "a", content, "", 1.0)
+
+        outcomes = store.run_batch(self.db, [send("one"), refused, broken, send("two"),
+                                             refused])
+        self.assertEqual([ok for ok, _ in outcomes], [True, False, False, True, False])
+        self.assertIsInstance(outcomes[1][1], store.Conflict)
+        self.assertIsInstance(outcomes[2][1], store.StorageError)
+        self.assertEqual([m.content for m in store.history(self.db, "c", 0, 10)],
+                         ["one", "two"])
+        self.assertFalse(self.db.in_transaction)
+        self.assertEqual(store.run_batch(self.db, []), [])
+
+    def test_nested_transactions_undo_together(self) -> None:
+        """A refusal deep inside nested store calls undoes every write of its operation."""
+        def deep(db: Any) -> None:
+            with store.transaction(db):
+                store.insert_message(db, "c", "a", "outer", "", 1.0)
+                with store.transaction(db):
+                    store.insert_message(db, "c", "a", "inner", "", 1.0)
+                    raise store.Conflict("no")
+
+        self.assertRaises(store.Conflict, deep, self.db)
+        self.assertEqual(store.history(self.db, "c", 0, 10), [])
+        outcomes = store.run_batch(self.db, [deep])
+        self.assertFalse(outcomes[0][0])
+        self.assertEqual(store.history(self.db, "c", 0, 10), [])
+
+
 class WatermarkSQLiteTests(SQLiteStore, WatermarkContract, StoreCase):
     pass
 
@@ -221,6 +264,14 @@ class DirectorySQLiteTests(SQLiteStore, DirectoryContract, StoreCase):
 
 
 class DirectoryPostgresTests(PostgresStore, DirectoryContract, StoreCase):
+    pass
+
+
+class BatchSQLiteTests(SQLiteStore, BatchContract, StoreCase):
+    pass
+
+
+class BatchPostgresTests(PostgresStore, BatchContract, StoreCase):
     pass
 
 
