@@ -164,22 +164,29 @@ def is_url(location: str) -> bool:
 
 
 def redact(location: str) -> str:
-    """`location` with any password in it replaced by ***, for logs and error messages."""
+    """`location` with any password in it replaced by ***, for logs and error messages
+    (never raises: a URL it cannot take apart is not shown past its scheme)."""
     if not is_url(location):
         return location
+    import re
     from urllib.parse import urlsplit, urlunsplit
 
-    parts = urlsplit(location)
-    if parts.password is None:
-        return location
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    try:
+        parts = urlsplit(location)
+        if parts.password is not None:
+            host = parts.netloc.rsplit("@", 1)[1]
+            parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+        query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
+        return urlunsplit(parts._replace(query=query))
+    except ValueError:
+        return location.split("://", 1)[0] + "://***"
 
 
 def parse_db_url(text: str, name: str) -> str:
     """A PostgreSQL URL (postgresql://... or postgres://...)."""
     if not is_url(text):
-        raise ConfigError(f"{name} must be a postgresql:// URL, not {redact(text)!r}")
+        # Not echoed: a libpq "key=value" string would show its password.
+        raise ConfigError(f"{name} must be a postgresql:// URL (postgresql://user@host/db)")
     return text
 
 

@@ -143,3 +143,33 @@ class SettingsTableTests(SynchronousTestCase):
         self.assertEqual(settings.channels, ("review", "ops"))
         self.assertEqual(settings.agent, "alice")
         self.assertEqual(Settings.load({}).channels, ())
+
+
+class RedactTests(SynchronousTestCase):
+    """A PostgreSQL password never reaches a log line or an error message."""
+
+    def test_passwords_are_masked(self) -> None:
+        from elipc.config import redact
+
+        for url, shown in [
+            ("postgresql://u:secret@h/db", "postgresql://u:***@h/db"),
+            ("postgresql://u@h/db?sslmode=x&password=secret", "postgresql://u@h/db?sslmode=x&password=***"),
+            ("postgresql://u:secret@[h/db", "postgresql://***"),  # not a URL urllib can split
+            ("postgresql://u@h/db", "postgresql://u@h/db"),
+            ("/var/lib/elipc/ipc.db", "/var/lib/elipc/ipc.db"),
+        ]:
+            self.assertEqual(redact(url), shown)
+            self.assertNotIn("secret", redact(url))
+
+    def test_bad_url_is_not_echoed(self) -> None:
+        """A libpq key=value string is refused without repeating it (it holds a password)."""
+        with self.assertRaises(ConfigError) as caught:
+            Settings.load({"IPC_DB_URL": "host=h password=secret"})
+        self.assertNotIn("secret", str(caught.exception))
+
+    def test_db_option_takes_a_url(self) -> None:
+        """--db postgresql://... selects PostgreSQL; --db PATH wins over IPC_DB_URL."""
+        url = "postgresql://u@h/db"
+        self.assertEqual(Settings.load({}, {"db": url}).database, url)
+        self.assertEqual(Settings.load({"IPC_DB_URL": url}, {"db": "/x.db"}).database, "/x.db")
+        self.assertEqual(Settings.load({"IPC_DB_URL": url, "IPC_DB_PATH": "/y.db"}).database, url)

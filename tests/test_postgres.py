@@ -142,7 +142,7 @@ class NotifyFeedTests(TestCase):
     def setUp(self) -> None:
         self.url = new_postgres_database(self)
         self.waiters = Waiters(reactor)
-        self.feed = NotifyFeed(self.url, self.waiters, reactor)
+        self.feed = NotifyFeed(self.url, self.waiters.wake_channels, reactor)
         self.feed.start()
         self.addCleanup(self.feed.stop)
         self.writer = store.open_database(self.url)
@@ -271,6 +271,42 @@ class MigrateTests(SynchronousTestCase):
         self.addCleanup(copy.close)
         self.assertEqual(store.history(copy, "d", 0, 10), store.history(self.source, "d", 0, 10))
 
+    def test_target_written_to_is_refused_not_merged(self) -> None:
+        """A target whose own messages hold ids the source uses: refused (exit 1, one
+        line), its message kept, none of the source's dropped silently."""
+        target = store.open_database(self.url)
+        self.addCleanup(target.close)
+        for _ in range(3):  # ids 1 to 3; the source's start at 3
+            store.insert_message(target, "c", "b", "already here", "", 50.0)
+        code, report, err = self.migrate("--force")
+        self.assertEqual((code, report), (1, None))
+        self.assertIn("message 3 is not the source's", err)
+        self.assertEqual([m.content for m in store.history(target, "c", 0, 10)],
+                         ["already here"] * 3)
+
+    def test_ids_never_go_backwards(self) -> None:
+        """Copying into a target whose messages were all pruned keeps its ids moving up
+        (a reader's watermark there must not pass new messages)."""
+        target = store.open_database(self.url)
+        self.addCleanup(target.close)
+        for _ in range(20):
+            store.insert_message(target, "c", "b", "old", "", 1.0)
+        store.unread_page(target, "c", "r", 100)
+        store.delete_messages_before(target, 2.0, 100)
+        self.source.execute("DELETE FROM messages")
+        self.assertEqual(self.migrate("--force")[0], 0)
+        new = store.insert_message(target, "c", "b", "new", "", 60.0)
+        self.assertGreater(new, 20)
+        self.assertEqual([m.content for m in store.unread_page(target, "c", "r", 10).messages],
+                         ["new"])
+
+    def test_nul_is_named(self) -> None:
+        """A message PostgreSQL cannot store stops the copy with its id, nothing half-done."""
+        store.insert_message(self.source, "c", "a", "bad\x00byte", "", 40.0)
+        code, _, err = self.migrate()
+        self.assertEqual(code, 1)
+        self.assertIn("message 8 holds a NUL", err)
+
     def test_missing_source(self) -> None:
         """A source file that does not exist is an error, not a new empty database."""
         out, err = io.StringIO(), io.StringIO()
@@ -278,3 +314,78 @@ class MigrateTests(SynchronousTestCase):
                     stdout=out, stderr=err)
         self.assertEqual(code, 1)
         self.assertIn("no database at", err.getvalue())
+
+
+class ConnectionLossTests(SynchronousTestCase):
+    """A connection lost inside a transaction never reconnects under it: the batch fails
+    whole (nothing it reported is acknowledged); outside a transaction, a connection that
+    died idle is replaced for the statement that finds it dead."""
+
+    def setUp(self) -> None:
+        import psycopg
+
+        self.url = new_postgres_database(self)
+        self.db = store.open_database(self.url)
+        self.addCleanup(self.db.close)
+        self.admin = psycopg.connect(self.url, autocommit=True)
+        self.addCleanup(self.admin.close)
+
+    def kill(self, db: Any) -> None:
+        self.admin.execute("SELECT pg_terminate_backend(%s)", (db.backend_pid,))
+
+    def test_lost_mid_batch_fails_the_whole_batch(self) -> None:
+        def send(text: str) -> Any:
+            return lambda db: store.insert_message(db, "c", "a", text, "", 1.0)
+
+        def killed(db: Any) -> int:
+            self.kill(db)
+            return store.insert_message(db, "c", "a", "after the loss", "", 1.0)
+
+        self.assertRaises(store.StorageError, store.run_batch, self.db,
+                          [send("before"), killed, send("later")])
+        self.assertEqual(store.history(self.db, "c", 0, 10), [])  # reconnected, nothing kept
+        self.assertEqual([ok for ok, _ in store.run_batch(self.db, [send("next")])], [True])
+        self.assertEqual([m.content for m in store.history(self.db, "c", 0, 10)], ["next"])
+
+    def test_lost_inside_a_transaction_is_refused_until_it_ends(self) -> None:
+        with self.assertRaises(store.StorageError):
+            with store.transaction(self.db):
+                store.insert_message(self.db, "c", "a", "first", "", 1.0)
+                self.kill(self.db)
+                store.insert_message(self.db, "c", "a", "second", "", 1.0)
+        self.assertFalse(self.db.in_transaction)
+        self.assertEqual(store.history(self.db, "c", 0, 10), [])
+
+    def test_idle_connection_that_died_is_replaced(self) -> None:
+        self.kill(self.db)
+        time.sleep(0.1)
+        self.assertEqual(store.insert_message(self.db, "c", "a", "x", "", 1.0), 1)
+        self.assertEqual(store.pending_count(self.db, "c", "r"), 1)
+
+
+class HeardDuringATurnTests(SynchronousTestCase):
+    """Another server's commit heard while this server's writer turn runs wakes after that
+    turn's results: a read in the turn that found nothing parks first, then is woken."""
+
+    def test_wake_waits_for_the_turn(self) -> None:
+        from elipc.server.database import Database
+
+        turns: list[Deferred[Any]] = []
+
+        class HeldPool:
+            max = 1
+
+            def runWithConnection(self, function: Any, *args: Any) -> Deferred[Any]:
+                turns.append(Deferred())
+                return turns[-1]
+
+        woken: list[Any] = []
+        database = Database("postgresql://unused@/x", HeldPool(), HeldPool(), woken.append)
+        result = database.write(lambda db: None)
+        database.heard({"c"})
+        self.assertEqual(woken, [])  # the turn's read may not have parked its waiter yet
+        turns[0].callback(([(True, "read nothing")], set()))
+        self.assertEqual(self.successResultOf(result), "read nothing")
+        self.assertEqual(woken, [{"c"}])
+        database.heard(None)
+        self.assertEqual(woken, [{"c"}, None])  # no turn in flight: at once

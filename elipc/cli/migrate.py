@@ -16,7 +16,7 @@ from typing import Any
 from elipc import store
 from elipc.cli.context import CommandError, Context
 from elipc.config import is_url, redact
-from elipc.model import StorageError
+from elipc.model import Conflict, StorageError
 from elipc.store import copying
 
 BATCH = 5_000
@@ -36,8 +36,11 @@ def cmd_migrate(ctx: Context) -> None:
             what = ", ".join(f"{n} {table}" for table, n in held.items())
             raise CommandError(f"{redact(target)} already holds data ({what}); pass --force "
                                "to copy into it (rows already there are kept)")
-        copied = {table: _copy(src, dst, table, ctx.args.batch) for table in copying.TABLES}
-        copying.after_copy(dst)
+        try:
+            copied = {table: _copy(src, dst, table, ctx.args.batch)
+                      for table in copying.TABLES}
+        except Conflict as e:
+            raise CommandError(f"{e} (what was copied before stays)") from None
         found = copying.row_counts(src)
     finally:
         src.close()

@@ -137,7 +137,7 @@ class Database:
     which channels other processes wrote to."""
 
     def __init__(self, location: str, writer: Pool, readers: Pool,
-                 on_external_commit: Callable[[set[str]], None],
+                 on_external_commit: Callable[[set[str] | None], None],
                  on_turn: TurnHook = _no_hook) -> None:
         self._opened = OpenedFile(location)
         self._writer = writer
@@ -152,6 +152,9 @@ class Database:
         self._held = 0
         self._closed = False
         self._gone_reported = False
+        # Other servers' commits heard (NotifyFeed) while a turn ran: woken after its results.
+        self._heard: set[str] = set()
+        self._heard_all = False
 
     def write(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Run `function(db, *args)` in the writer's next turn; fire with its result."""
@@ -178,6 +181,23 @@ class Database:
         result: Deferred[Any] = self._readers.runWithConnection(
             _checked, self._opened, function, args)
         return result
+
+    def heard(self, channels: set[str] | None) -> None:
+        """Other servers committed to `channels` (None: perhaps to any; PostgreSQL's
+        NotifyFeed). A turn in flight may have read before that commit and will park its
+        waiter when its results fire: the wake waits for them, as CommitWatch's do."""
+        if self._turn is None:
+            self._wake_heard(channels)
+        elif channels is None:
+            self._heard_all = True
+        else:
+            self._heard |= channels
+
+    def _wake_heard(self, channels: set[str] | None) -> None:
+        if channels is None:
+            self._on_external_commit(None)
+        elif channels:
+            self._on_external_commit(channels)
 
     def is_writer(self, backend_pid: int) -> bool:
         """Whether `backend_pid` is this server's writer connection (PostgreSQL)."""
@@ -238,8 +258,11 @@ class Database:
 
     def _finish_turn(self, outcome: Any, batch: list[tuple[Operation, Deferred[Any]]]) -> None:
         self._turn = None
+        heard, self._heard = (None if self._heard_all else self._heard), set()
+        self._heard_all = False
         with self.holding():
             self._fire(outcome, batch)
+            self._wake_heard(heard)
 
     def _fire(self, outcome: Any, batch: list[tuple[Operation, Deferred[Any]]]) -> None:
         if isinstance(outcome, Failure):

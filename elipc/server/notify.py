@@ -27,7 +27,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from elipc.config import redact
-from elipc.server.waiters import Waiters
 
 log = Logger(namespace="elipc.notify")
 RECONNECT_FIRST_S, RECONNECT_MAX_S = 0.1, 2.0
@@ -37,10 +36,10 @@ RECONNECT_FIRST_S, RECONNECT_MAX_S = 0.1, 2.0
 class NotifyFeed:
     """Wakes the waiters of each channel another connection commits a message to."""
 
-    def __init__(self, url: str, waiters: Waiters, reactor: Any,
+    def __init__(self, url: str, wake: Callable[[set[str] | None], None], reactor: Any,
                  own: Callable[[int], bool] = lambda pid: False) -> None:
         self._url = url
-        self._waiters = waiters
+        self._wake = wake  # Database.heard: after any turn in flight (None: every channel)
         self._reactor = reactor
         self._own = own  # this server's writer: its sends woke their waiters already
         self._conn: Any = None
@@ -48,6 +47,7 @@ class NotifyFeed:
         # closes its own when the connection is lost, before we can unregister it.
         self._fd = -1
         self._stopped = False
+        self._connecting = False
         self._delay = RECONNECT_FIRST_S
         self._retry: Any = None
         self.connected: Deferred[None] = Deferred()  # fires once first listening
@@ -57,9 +57,13 @@ class NotifyFeed:
     def start(self) -> None:
         """Connect and LISTEN (in the thread pool); then read notifications as they come."""
         self._stopped = False
+        if self._connecting or self._conn is not None:
+            return
+        self._connecting = True
         work = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), _listen,
                                  self._url)
         work.addCallbacks(self._listening, self._failed)
+        work.addErrback(lambda failure: log.failure("the notification feed failed", failure))
 
     def watch(self) -> None:
         """Nothing to do: the feed listens all the time (a waiter is parking)."""
@@ -88,7 +92,7 @@ class NotifyFeed:
             return
         channels = {n.payload for n in arrived if not self._own(n.pid)}
         if channels:
-            self._waiters.wake_channels(channels)
+            self._wake(channels)
 
     def connectionLost(self, reason: Failure) -> None:
         """The reactor saw the socket fail."""
@@ -101,7 +105,8 @@ class NotifyFeed:
     # -- the connection's life -----------------------------------------------------------------
 
     def _listening(self, conn: Any) -> None:
-        if self._stopped:
+        self._connecting = False
+        if self._stopped or self._conn is not None:
             conn.close()
             return
         reconnected = self.connected.called
@@ -110,11 +115,14 @@ class NotifyFeed:
         self._reactor.addReader(self)
         if reconnected:
             log.info("listening to {url} again", url=redact(self._url))
-            self._waiters.wake_all()  # what was committed meanwhile: each waiter reads again
-        else:
+        # Whoever parked before this LISTEN (at start-up, or while it was lost) may have
+        # missed a commit: every waiter reads again.
+        self._wake(None)
+        if not reconnected:
             self.connected.callback(None)
 
     def _failed(self, failure: Failure) -> None:
+        self._connecting = False
         if self._stopped:
             return
         log.warn("cannot listen to {url} ({reason}); retrying in {delay:g} s",

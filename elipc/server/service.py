@@ -226,7 +226,7 @@ def build(settings: Settings, reactor: Any, writer: Pool | None = None,
     if settings.db_url:
         from elipc.server.notify import NotifyFeed
 
-        feed = NotifyFeed(location, waiters, reactor, own=database.is_writer)
+        feed = NotifyFeed(location, database.heard, reactor, own=database.is_writer)
     else:
         feed = ChangeFeed(database, waiters, clock)
     broker = Broker(database, waiters, feed, clock, settings, metrics)

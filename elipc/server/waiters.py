@@ -61,14 +61,12 @@ class Waiters:
         for waiter in self._by_channel.pop(channel, ()):
             waiter.callback(True)
 
-    def wake_channels(self, channels: set[str]) -> None:
-        """Wake each of `channels` (those that another process wrote to, say)."""
-        for channel in channels & self._by_channel.keys():
+    def wake_channels(self, channels: set[str] | None) -> None:
+        """Wake each of `channels` (those that another process wrote to, say); None: every
+        channel (what was written is not known)."""
+        for channel in (set(self._by_channel) if channels is None
+                        else channels & self._by_channel.keys()):
             self.wake(channel)
-
-    def wake_all(self) -> None:
-        """Wake every waiter (commits may have been missed: each reads again)."""
-        self.wake_channels(set(self._by_channel))
 
     def close(self) -> None:
         """Answer every waiter as timed out (False) and refuse new ones: the server is stopping."""

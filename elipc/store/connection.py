@@ -80,6 +80,14 @@ class WriteTransaction:
 
     def __enter__(self) -> Any:
         try:
+            return self._begin()
+        except BaseException:
+            if self.nested and not self.inner and is_postgres(self.db):
+                _connection(self.db).nest(-1)  # no __exit__ follows a failed __enter__
+            raise
+
+    def _begin(self) -> Any:
+        try:
             connection = _connection(self.db)
             self.nested = connection.in_transaction
             if self.nested and is_postgres(self.db):
@@ -125,7 +133,7 @@ class WriteTransaction:
                     self.db.execute("ROLLBACK TO elipc_op")
                 self.db.execute("RELEASE elipc_op")
             elif not failed:
-                self.db.execute("COMMIT")
+                _committed(self.db.execute("COMMIT"))
             elif _connection(self.db).in_transaction:
                 self.db.execute("ROLLBACK")
         except DRIVER_ERRORS:
@@ -133,6 +141,16 @@ class WriteTransaction:
                 raise
             # Undoing after a failed COMMIT: SQLite may have rolled back already (and a lost
             # PostgreSQL connection has nothing left to roll back).
+
+
+def _committed(cursor: Any) -> None:
+    # PostgreSQL answers the COMMIT of a transaction it aborted with ROLLBACK, and no error
+    # (the COMMIT is the last statement of the query: its status is the last result's).
+    status = getattr(cursor, "statusmessage", None)
+    while status is not None and cursor.nextset():
+        status = cursor.statusmessage
+    if status not in ("COMMIT", None):
+        raise StorageError("database error: the transaction was rolled back, not committed")
 
 
 def transaction(db: Any) -> WriteTransaction:
@@ -175,9 +193,9 @@ def _run_batch_postgres(db: Any, operations: Sequence[Callable[[Any], Any]],
     # The operations' own transactions nest inside the savepoint at depth 1: no-ops.
     connection = _connection(db)
     outcomes: list[tuple[bool, Any]] = []
-    connection.nest(1)
     try:
-        db.execute(f"{BEGIN_WRITE}; SAVEPOINT elipc_op")
+        db.execute(f"{BEGIN_WRITE}; SAVEPOINT elipc_op")  # the depth is 0 from here
+        connection.nest(1)
         for number, operation in enumerate(operations, 1):
             try:
                 outcomes.append((True, operation(db)))
@@ -186,17 +204,20 @@ def _run_batch_postgres(db: Any, operations: Sequence[Callable[[Any], Any]],
             except Exception as e:  # the operation's own refusal, reported to its caller
                 outcomes.append((False, e))
             undo = "" if outcomes[-1][0] else "ROLLBACK TO elipc_op; "
-            after = "COMMIT" if number == len(operations) else "SAVEPOINT elipc_op"
-            db.execute(f"{undo}RELEASE elipc_op; {after}")
-    except DRIVER_ERRORS as e:
+            last = number == len(operations)
+            then = "COMMIT" if last else "SAVEPOINT elipc_op"
+            ended = db.execute(f"{undo}RELEASE elipc_op; {then}")
+            if last:
+                _committed(ended)
+    except BaseException as e:
         if connection.in_transaction:
             try:
                 db.execute("ROLLBACK")
             except DRIVER_ERRORS:
                 pass  # lost with the connection
-        raise StorageError(_describe(e)) from None
-    finally:
-        connection.nest(-1)
+        if isinstance(e, DRIVER_ERRORS):
+            raise StorageError(_describe(e)) from None
+        raise
     return outcomes
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from elipc.model import Conflict
 from elipc.store.connection import WriteTransaction, guarded, is_postgres
 from elipc.store.messages import _ADVANCE
 
@@ -81,15 +82,31 @@ def write_rows(db: Any, table: str, rows: Sequence[tuple[Any, ...]]) -> int:
     written = 0
     with WriteTransaction(db):
         for row in rows:
-            written += max(0, int(db.execute(statement, row).rowcount))
+            if table == "messages":
+                _check_message(db, row)
+            added = max(0, int(db.execute(statement, row).rowcount))
+            if table == "messages" and not added:
+                _check_same(db, row)
+            written += added
+        if table == "messages" and is_postgres(db):
+            # New sends (a server already running on the target) get ids above these.
+            from elipc.store.postgres import set_next_id
+
+            set_next_id(db)
     return written
 
 
-@guarded
-def after_copy(db: Any) -> None:
-    """Make the target hand out new ids above the copied ones (PostgreSQL's sequence;
-    SQLite's AUTOINCREMENT follows on its own)."""
-    if is_postgres(db):
-        from elipc.store.postgres import set_next_id
+def _check_message(db: Any, row: tuple[Any, ...]) -> None:
+    if is_postgres(db) and "\x00" in (row[3] or ""):
+        raise Conflict(f"message {row[0]} holds a NUL character (U+0000), which PostgreSQL "
+                       "cannot store: delete or edit it in the source, then run again")
 
-        set_next_id(db)
+
+def _check_same(db: Any, row: tuple[Any, ...]) -> None:
+    # A message already in the target under this id must be this one (a copy run before);
+    # another message there means the target was written to: refuse, never drop.
+    found = db.execute("SELECT channel, sender, content FROM messages WHERE id = ?",
+                       (row[0],)).fetchone()
+    if found is not None and tuple(found) != tuple(row[1:4]):
+        raise Conflict(f"the target's message {row[0]} is not the source's message "
+                       f"{row[0]}: the target was written to; not merging")

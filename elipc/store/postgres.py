@@ -25,6 +25,7 @@ psycopg is imported here only: the SQLite store and the CLI never load it.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -76,17 +77,27 @@ class PgConnection:
         self._listening = False
         self._version = 0
         self._depth = 0
+        # Sent BEGIN, and neither COMMIT nor ROLLBACK since: the store believes a transaction
+        # is open, so a lost connection fails every statement until the store ends it; it
+        # never reconnects under the transaction (whose first writes died with the session).
+        self._began = False
 
     def nest(self, step: int) -> int:
         """Count savepoint levels (connection.WriteTransaction); the depth now."""
         self._depth += step
         return self._depth
 
+    def _lost(self) -> bool:
+        return bool(self._conn.broken or self._conn.closed)
+
     def _usable(self) -> psycopg.Connection[Any]:
-        # A connection lost (the database restarted) fails the statement that meets it;
-        # the next one, outside any transaction, reconnects. Listeners listen again and
+        # A connection lost (the database restarted) fails the statement that meets it
+        # inside a transaction; outside one, it is replaced. Listeners listen again and
         # count one change: what was committed meanwhile must be looked for.
-        if self._conn.broken or self._conn.closed:
+        if self._lost():
+            if self._began:
+                raise psycopg.OperationalError("the connection to PostgreSQL was lost "
+                                               "inside a transaction (rolled back)")
             self._conn = _connect(self._url)
             if self._listening:
                 self._listening = False
@@ -106,10 +117,32 @@ class PgConnection:
     @property
     def in_transaction(self) -> bool:
         """Whether a transaction is open (sqlite3.Connection.in_transaction)."""
-        return self._conn.info.transaction_status in _IN_TRANSACTION
+        return self._began or self._conn.info.transaction_status in _IN_TRANSACTION
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
-        """Run one statement; its cursor (fetchone, fetchall, rowcount)."""
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run one statement (or, with no parameters, several); its cursor (fetchone,
+        fetchall, rowcount, statusmessage)."""
+        begins = sql.startswith("BEGIN")
+        if begins:
+            self._began, self._depth = True, 0
+        elif sql == "ROLLBACK" and self._lost():
+            self._began = False  # the server rolled it back when the session ended
+            return None
+        try:
+            cursor = self._run(sql, params)
+        except psycopg.OperationalError:
+            if not (self._lost() and (begins or not self._began) and _RETRYABLE.match(sql)):
+                raise
+            # Outside a transaction, on a connection that died idle (the database restarted
+            # since its last use): nothing ran; the statement gets one new connection.
+            self._began = False
+            cursor = self._run(sql, params)
+            self._began = begins
+        if sql == "ROLLBACK" or sql.endswith("COMMIT"):
+            self._began = False
+        return cursor
+
+    def _run(self, sql: str, params: Sequence[Any]) -> Any:
         if not params:  # no placeholders to turn, nor a % to double
             return self._usable().execute(sql)
         return self._usable().execute(_translate(sql), params)
@@ -129,8 +162,8 @@ class PgConnection:
     def rollback(self) -> None:
         """Roll back a transaction left open (adbapi calls this after a failure). A lost
         connection has nothing to roll back: the next statement reconnects."""
-        if not (self._conn.broken or self._conn.closed) and self.in_transaction:
-            self._conn.execute("ROLLBACK")
+        if self.in_transaction:
+            self.execute("ROLLBACK")
 
     def close(self) -> None:
         """Close the connection."""
@@ -152,6 +185,9 @@ class PgConnection:
 
 _IN_TRANSACTION = (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR,
                    pq.TransactionStatus.ACTIVE)
+# What may be sent again on a new connection when the old one turns out dead: the start of
+# a transaction, a read, LISTEN (nothing that writes outside a transaction).
+_RETRYABLE = re.compile(r"\s*(BEGIN|SELECT|LISTEN)\b", re.IGNORECASE)
 
 
 def connect(url: str) -> PgConnection:
@@ -165,9 +201,30 @@ def _connect(url: str) -> psycopg.Connection[Any]:
             url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
             options=f"-c lock_timeout={LOCK_TIMEOUT_MS} "
                     f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}",
+            # Over TCP: a peer gone silent (a NAT or balancer dropping idle connections) is
+            # noticed in about a minute, not the system's two hours; the LISTEN connection
+            # then reconnects instead of going deaf.
+            keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3,
         )
     except psycopg.Error as e:
-        raise StorageError(describe(e)) from None
+        raise StorageError(without_password(describe(e), url)) from None
+
+
+def without_password(text: str, url: str) -> str:
+    """`text` with the password of `url` (as written, and decoded) replaced by ***."""
+    from urllib.parse import unquote
+
+    for secret in _passwords(url):
+        for form in {secret, unquote(secret)}:
+            if form:
+                text = text.replace(form, "***")
+    return text
+
+
+def _passwords(url: str) -> list[str]:
+    found = re.findall(r"(?<=:)([^:@/]*)(?=@)", url.split("?", 1)[0].split("://", 1)[-1])
+    found += re.findall(r"[?&]password=([^&]*)", url)
+    return found
 
 
 def describe(error: BaseException) -> str:
@@ -319,9 +376,10 @@ def open_database(url: str) -> PgConnection:
 
 
 def set_next_id(db: Any) -> None:
-    """Move the id sequence past the highest id stored (after copying messages in)."""
+    """Move the id sequence past the highest id stored (after copying messages in, inside
+    that write transaction); never backwards."""
     db.execute("SELECT setval('messages_id_seq', GREATEST((SELECT COALESCE(MAX(id), 0) "
-               "FROM messages), 1), (SELECT COUNT(*) > 0 FROM messages))")
+               "FROM messages), (SELECT last_value FROM messages_id_seq), 1))")
 
 
 def describe_schema(db: Any) -> dict[str, object]:
