@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests.pg import TemporaryPostgres  # noqa: E402
 
 CONNECTIONS = 16
+ROUNDS = 5
 
 
 async def spread_sends(ports: list[int], each: int) -> float:
@@ -81,7 +82,7 @@ def run_postgres(work: str, scale: float) -> dict[str, str]:
         servers = [s for group in setups.values() for s in group]
         rates: dict[str, list[float]] = {label: [] for label in setups}
         latencies: dict[str, list[float]] = {label: [] for label in setups}
-        for round_ in range(3):  # interleaved: a drifting machine hits every set-up alike
+        for round_ in range(ROUNDS):  # interleaved: a drifting machine hits each set-up alike
             for label, group in setups.items():
                 ports = [s.port for s in group]
                 rates[label].append(asyncio.run(spread_sends(ports, n(300))))
@@ -89,7 +90,7 @@ def run_postgres(work: str, scale: float) -> dict[str, str]:
         rows: dict[str, Any] = {}
         for label in setups:
             across = " (waiter on the other)" if len(setups[label]) > 1 else ""
-            rows[f"{label}: sends over {CONNECTIONS} connections (median of 3)"] = (
+            rows[f"{label}: sends over {CONNECTIONS} connections (median of {ROUNDS})"] = (
                 f"{statistics.median(rates[label]):,.0f} msgs/s")
             rows[f"{label}: long-poll wake p50 / p99{across}"] = (
                 f"{ms(percentile(latencies[label], 50))} / "
