@@ -101,9 +101,12 @@ class Message(NamedTuple):
         `content_length`, and `full`, the command that prints the message whole."""
         shape = self.as_json()
         if len(self.content) > max_chars:
+            import shlex  # a channel name may hold spaces or ; for a shell: quoted
+
             shape.update(content=self.content[:max_chars], truncated=True,
                          content_length=len(self.content),
-                         full=f"elipc history {self.channel} --after-id {self.id - 1} --limit 1")
+                         full=f"elipc history {shlex.quote(self.channel)} "
+                              f"--after-id {self.id - 1} --limit 1")
         return shape
 
     def as_json(self) -> dict[str, object]:

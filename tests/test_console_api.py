@@ -211,6 +211,7 @@ class ConsoleFilesTests(WebCase):
         self.assertEqual((header("X-Content-Type-Options"), header("X-Frame-Options"),
                           header("Referrer-Policy")), (["nosniff"], ["DENY"], ["no-referrer"]))
         self.assertIn(b'data-auth="bearer"', body)
+        self.assertIn(b'data-auth="bearer"', self.fetch("/console/index.html")[1])
         self.assertEqual(self.fetch("/channels")[0].code, 401)
 
     def test_every_file_served_with_its_type_and_cached_by_etag(self) -> None:

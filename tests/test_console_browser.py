@@ -283,6 +283,16 @@ class SecureConsoleTests(ConsoleCase):
         self.sign_in_with_key(page)
         self.expect(page.locator('#channel-list li[data-channel="signed"]')).to_be_visible()
         self.assertFalse([u for u in self.view.requests if API_KEY in u])
+        # A key gone stale in the tab (the server's key changed): asked again, and the page
+        # comes back to life with the right one, without a reload.
+        page.evaluate("sessionStorage.setItem('elipc.apiKey', 'stale')")
+        page.reload()
+        self.sign_in_with_key(page)
+        self.expect(page.locator('#channel-list li[data-channel="signed"]')).to_be_visible()
+        # Chromium logs the stale key's refusal itself; that 401 is this test's point.
+        refused = [e for e in self.view.errors if "status of 401" in e]
+        self.assertEqual(len(refused), 1, self.view.errors)
+        self.view.errors.remove(refused[0])
 
     def test_agents_view_shows_the_directory(self) -> None:
         """Every entry /agents lists appears with its role, registrar, did:key and

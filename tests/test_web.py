@@ -319,6 +319,19 @@ class BadInputTests(WebCase):
         self.assertEqual(self.stored(), 0)
         self.assertEqual(self.get("/health")[0], 200)
 
+    def test_numbers_too_long_to_be_numbers(self) -> None:
+        """5,000 digits in an id or a limit is a 400, not Python's refusal to make an int
+        of it (a 500)."""
+        digits = "9" * 5000
+        for path, params in [("/history", {"channel": "c", "after_id": digits}),
+                             ("/history", {"channel": "c", "before_id": digits}),
+                             ("/messages", {"channel": "c", "agent": "r", "limit": digits}),
+                             ("/search", {"q": "x", "limit": digits}),
+                             ("/activity", {"after_id": digits})]:
+            status, body = self.answer(self.get_later(path, **params))
+            self.assertEqual(status, 400, (path, body))
+            self.assertIn("whole number", body["error"])
+
     def test_malformed_bodies(self) -> None:
         """Broken JSON, non-objects, empty bodies, deep nesting and invalid UTF-8 are 400."""
         self.bad(400, "not valid JSON", self.post("/send", b"{bad"))

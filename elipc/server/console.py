@@ -70,7 +70,7 @@ def load_assets(api_key_required: bool) -> dict[bytes, Asset]:
     index = assets[b"index.html"].body
     if api_key_required:
         index = index.replace(AUTH_MARK, b'data-auth="bearer"')
-    assets[b""] = Asset(index, TYPES[".html"])
+    assets[b""] = assets[b"index.html"] = Asset(index, TYPES[".html"])
     return assets
 
 

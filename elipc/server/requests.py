@@ -77,7 +77,9 @@ def whole(params: dict[str, str], name: str, default: int, maximum: int,
     if name not in params:
         return default
     text = params[name]
-    if not (text.isascii() and text.isdigit()) or not minimum <= int(text) <= maximum:
+    # Length first: Python refuses to turn over 4,300 digits into an int (a ValueError).
+    if (len(text) > 30 or not (text.isascii() and text.isdigit())
+            or not minimum <= int(text) <= maximum):
         raise InvalidInput(f"{name} must be a whole number from {minimum} to {maximum}")
     return int(text)
 

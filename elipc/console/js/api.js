@@ -58,12 +58,24 @@ async function request(path, options = {}) {
                                   credentials: "omit", cache: "no-store"});
   } catch (error) {
     if (error.name === "AbortError") throw error;
+    if (error instanceof TypeError && /[^\x00-\xff]/.test(apiKey() || "")) {
+      throw new ApiError(0, "the API key has characters a browser cannot send in a header");
+    }
     throw new ApiError(0, "the server cannot be reached");
   }
-  if (response.status === 401 && !(options.headers || {})["X-Elipc-Signature"]) {
-    onUnauthorized();
-  }
+  // Only the API key's own refusal asks for the key again (a read that needs a signature
+  // is a 401 too, and says so).
+  if (response.status === 401 && await isKeyRefusal(response)) onUnauthorized();
   return response;
+}
+
+async function isKeyRefusal(response) {
+  try {
+    const body = await response.clone().json();
+    return body && body.error === "unauthorized";
+  } catch (_) {
+    return false;
+  }
 }
 
 async function failure(response) {

@@ -58,7 +58,7 @@ export function identityForm(purpose, changed, role = "") {
       const entry = (await agents(true)).get(name);
       if (!entry) throw new Error(`${name} is not in the directory`);
       if (role && entry.role !== role) throw new Error(`${name} is not an ${role}`);
-      if (!signer.matches(entry.public_key)) {
+      if (!(await signer.matches(entry.public_key))) {
         throw new Error(`that key is not the one registered for ${name}`);
       }
       state.signer = signer;

@@ -55,12 +55,6 @@ function fromBase64(text) {
   }
 }
 
-/** The raw 32 bytes of a SubjectPublicKeyInfo PEM Ed25519 key (its last 32), or null. */
-export function rawPublicKey(pem) {
-  const der = pemBytes(pem || "", "PUBLIC KEY");
-  return der && der.length === 44 ? der.slice(12) : null;
-}
-
 const publicKeys = new Map();
 
 async function publicKey(pem) {
@@ -97,39 +91,37 @@ export async function verifyMessage(channel, message, pem) {
 
 /** A signing identity: a name and the private key from the file the person picked. */
 export class Signer {
-  constructor(name, key, publicRaw) {
+  constructor(name, key) {
     this.name = name;
     this.key = key;
-    this.publicRaw = publicRaw;
   }
 
-  /** Read a PKCS#8 PEM Ed25519 key file (a File from an <input type=file>). */
+  /** Read a PKCS#8 PEM Ed25519 key file (a File from an <input type=file>). The key is
+   * imported non-extractable: nothing in the page can read it back. */
   static async fromFile(name, file) {
     if (!(await ed25519Supported())) throw new Error(unavailable() || "this browser has no Ed25519");
     if (file.size > 64 * 1024) throw new Error("that file is too large to be a key file");
     const der = pemBytes(await file.text(), "PRIVATE KEY");
     if (!der) throw new Error("that file is not a PEM private key (elipc keygen writes NAME.key)");
-    let jwk;
+    let key;
     try {
-      // Extractable only long enough to learn its public half, then dropped.
-      const probe = await crypto.subtle.importKey("pkcs8", der, {name: "Ed25519"}, true,
-                                                  ["sign"]);
-      jwk = await crypto.subtle.exportKey("jwk", probe);
+      key = await crypto.subtle.importKey("pkcs8", der, {name: "Ed25519"}, false, ["sign"]);
     } catch (_) {
       throw new Error("that file is not an unencrypted Ed25519 private key");
+    } finally {
+      der.fill(0);
     }
-    const key = await crypto.subtle.importKey("pkcs8", der, {name: "Ed25519"}, false, ["sign"]);
-    der.fill(0);
-    const publicRaw = Uint8Array.from(atob(jwk.x.replace(/-/g, "+").replace(/_/g, "/")),
-                                      (c) => c.charCodeAt(0));
-    jwk.d = "";
-    return new Signer(name, key, publicRaw);
+    return new Signer(name, key);
   }
 
-  /** Whether this key is the private half of the registered public key `pem`. */
-  matches(pem) {
-    const raw = rawPublicKey(pem);
-    return !!raw && raw.every((byte, i) => byte === this.publicRaw[i]);
+  /** Whether this key is the private half of the registered public key `pem`: a random
+   * challenge signed here verifies under it. */
+  async matches(pem) {
+    const verifier = await publicKey(pem);
+    if (!verifier) return false;
+    const challenge = crypto.getRandomValues(new Uint8Array(32));
+    const signature = await crypto.subtle.sign("Ed25519", this.key, challenge);
+    return crypto.subtle.verify("Ed25519", verifier, signature, challenge);
   }
 
   async sign(payload) {

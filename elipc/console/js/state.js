@@ -83,13 +83,13 @@ export async function start() {
   if (polling) return;
   polling = true;
   let lastPoll = performance.now();
-  let lastResync = Date.now();
-  await loadChannels();
+  let lastResync = 0;  // the channels load first, inside the loop: a refusal (a key gone
+                       // stale) or an unreachable server ends or retries it like any poll
   for (;;) {
     try {
       if (Date.now() - lastResync > RESYNC_MS) {
-        lastResync = Date.now();
         await loadChannels();
+        lastResync = Date.now();
       }
       const answer = await api.get("/activity", {after_id: state.lastId ?? undefined});
       const now = performance.now();
