@@ -22,6 +22,7 @@ from run import (
     cli_median,
     ms,
     percentile,
+    send_rate,
 )
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,21 +30,6 @@ from tests.pg import TemporaryPostgres  # noqa: E402
 
 CONNECTIONS = 16
 ROUNDS = 5
-
-
-async def spread_sends(ports: list[int], each: int) -> float:
-    """Sends per second over CONNECTIONS keep-alive connections spread over `ports`."""
-    async def worker(n: int) -> None:
-        conn = await Connection.open(ports[n % len(ports)])
-        for i in range(each):
-            status, _ = await conn.request(
-                "POST", "/send", {"channel": f"pg{n % 4}", "sender": "b", "content": f"m{i}"})
-            assert status == 200
-        conn.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(n) for n in range(CONNECTIONS)))
-    return CONNECTIONS * each / (time.perf_counter() - started)
 
 
 async def wakes(send_port: int, wait_port: int, rounds: int) -> list[float]:
@@ -85,7 +71,7 @@ def run_postgres(work: str, scale: float) -> dict[str, str]:
         for round_ in range(ROUNDS):  # interleaved: a drifting machine hits each set-up alike
             for label, group in setups.items():
                 ports = [s.port for s in group]
-                rates[label].append(asyncio.run(spread_sends(ports, n(300))))
+                rates[label].append(asyncio.run(send_rate(ports, CONNECTIONS, n(300))))
                 latencies[label] += asyncio.run(wakes(ports[0], ports[-1], n(100)))
         rows: dict[str, Any] = {}
         for label in setups:

@@ -193,10 +193,13 @@ async def concurrent_sends(port: int, connections: int, each: int) -> dict[str, 
     }
 
 
-async def send_rate(port: int, connections: int, each: int) -> float:
-    """Sends per second over `connections` keep-alive connections."""
+async def send_rate(port: int | list[int], connections: int, each: int) -> float:
+    """Sends per second over `connections` keep-alive connections (spread over the ports,
+    when given several servers)."""
+    ports = port if isinstance(port, list) else [port]
+
     async def worker(n: int) -> None:
-        conn = await Connection.open(port)
+        conn = await Connection.open(ports[n % len(ports)])
         for i in range(each):
             status, _ = await conn.request(
                 "POST", "/send", {"channel": f"ab{n % 4}", "sender": "b", "content": f"m{i}"})

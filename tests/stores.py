@@ -7,11 +7,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from elipc import store
-from tests import pg
-from tests.helpers import temp_dir
+from tests.helpers import new_postgres_database, temp_dir
 
 
 class SQLiteStore:
@@ -39,12 +38,7 @@ class PostgresStore:
     dialect = "postgresql"
 
     def make_location(self: Any) -> str:
-        if not pg.available():
-            raise SkipTest(pg.MISSING)
-        server = pg.server()
-        url = server.create_database()
-        self.addCleanup(server.drop_database, url)
-        return url
+        return new_postgres_database(self)
 
     def raw_rows(self: Any, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Rows read on a connection of the test's own (what is really stored)."""

@@ -93,19 +93,11 @@ def search(db: Any, text: str, channel: str | None, sender: str | None, before_i
     """Up to `limit` messages whose content has every word of `text`, newest first, with ids
     below `before_id`, on `channel` and by `sender` when given (the elipc/ channels only
     with `include_reserved`), and whether more match further back."""
+    filters = _filters(channel, sender, include_reserved)
     if is_postgres(db):
-        return _search_postgres(db, text, channel, sender, before_id, limit, include_reserved)
-    where = ["messages_fts MATCH ?", "messages_fts.rowid < ?"]
-    args: list[object] = [match_expression(text), before_id]
-    if channel is not None:
-        where.append("m.channel = ?")
-        args.append(channel)
-    if sender is not None:
-        where.append("m.sender = ?")
-        args.append(sender)
-    if not include_reserved:
-        where.append("substr(m.channel, 1, ?) <> ?")
-        args += [len(RESERVED_PREFIX), RESERVED_PREFIX]
+        return _search_postgres(db, text, before_id, limit, filters)
+    where = ["messages_fts MATCH ?", "messages_fts.rowid < ?", *filters[0]]
+    args: list[object] = [match_expression(text), before_id, *filters[1]]
     # CROSS JOIN keeps the index as the outer loop: it yields its matches newest first, and
     # each is one primary-key lookup (SQLite would otherwise scan a channel's messages and
     # ask the index about each).
@@ -121,10 +113,13 @@ def search(db: Any, text: str, channel: str | None, sender: str | None, before_i
     return Page([Message(*row) for row in rows[:limit]], len(rows) > limit)
 
 
-def _search_postgres(db: Any, text: str, channel: str | None, sender: str | None,
-                     before_id: int, limit: int, include_reserved: bool) -> Page:
-    where = [f"{PG_DOCUMENT} @@ to_tsquery('simple', ?)", "m.id < ?"]
-    args: list[object] = [tsquery_expression(text), before_id]
+Filters = tuple[list[str], list[object]]
+
+
+def _filters(channel: str | None, sender: str | None, include_reserved: bool) -> Filters:
+    # The conditions on the message (`m`) both stores' queries share, and their arguments.
+    where: list[str] = []
+    args: list[object] = []
     if channel is not None:
         where.append("m.channel = ?")
         args.append(channel)
@@ -134,6 +129,13 @@ def _search_postgres(db: Any, text: str, channel: str | None, sender: str | None
     if not include_reserved:
         where.append("substr(m.channel, 1, ?) <> ?")
         args += [len(RESERVED_PREFIX), RESERVED_PREFIX]
+    return where, args
+
+
+def _search_postgres(db: Any, text: str, before_id: int, limit: int,
+                     filters: Filters) -> Page:
+    where = [f"{PG_DOCUMENT} @@ to_tsquery('simple', ?)", "m.id < ?", *filters[0]]
+    args: list[object] = [tsquery_expression(text), before_id, *filters[1]]
     query = (f"SELECT {_COLUMNS} FROM messages m WHERE {' AND '.join(where)} "
              "ORDER BY m.id DESC LIMIT ?")
     try:
