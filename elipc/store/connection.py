@@ -172,17 +172,24 @@ def run_batch(
     the commit fails, the whole batch raises StorageError."""
     if is_postgres(db) and operations:
         return _run_batch_postgres(db, operations)
-    outcomes: list[tuple[bool, Any]] = []
     with WriteTransaction(db):
-        for operation in operations:
-            try:
-                with WriteTransaction(db):
-                    outcomes.append((True, operation(db)))
-            except DRIVER_ERRORS as e:
-                outcomes.append((False, StorageError(_describe(e))))
-            except Exception as e:  # the operation's own refusal, reported to its caller
-                outcomes.append((False, e))
-    return outcomes
+        return [_outcome(_in_savepoint, db, operation) for operation in operations]
+
+
+def _in_savepoint(db: Any, operation: Callable[[Any], Any]) -> Any:
+    with WriteTransaction(db):
+        return operation(db)
+
+
+def _outcome(run: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
+    # (True, what `run(*args)` returned), or (False, why it failed): a driver's error as
+    # StorageError, the operation's own refusal as it is, for its caller.
+    try:
+        return True, run(*args)
+    except DRIVER_ERRORS as e:
+        return False, StorageError(_describe(e))
+    except Exception as e:
+        return False, e
 
 
 def _run_batch_postgres(db: Any, operations: Sequence[Callable[[Any], Any]],
@@ -197,12 +204,7 @@ def _run_batch_postgres(db: Any, operations: Sequence[Callable[[Any], Any]],
         db.execute(f"{BEGIN_WRITE}; SAVEPOINT elipc_op")  # the depth is 0 from here
         connection.nest(1)
         for number, operation in enumerate(operations, 1):
-            try:
-                outcomes.append((True, operation(db)))
-            except DRIVER_ERRORS as e:
-                outcomes.append((False, StorageError(_describe(e))))
-            except Exception as e:  # the operation's own refusal, reported to its caller
-                outcomes.append((False, e))
+            outcomes.append(_outcome(operation, db))
             undo = "" if outcomes[-1][0] else "ROLLBACK TO elipc_op; "
             last = number == len(operations)
             then = "COMMIT" if last else "SAVEPOINT elipc_op"
