@@ -36,7 +36,16 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from run import BASE_ENV, BIN, Connection, Server, ms, open_streams, percentile  # noqa: E402
+from run import (  # noqa: E402
+    BASE_ENV,
+    BIN,
+    Connection,
+    Server,
+    ms,
+    open_streams,
+    percentile,
+    print_table,
+)
 
 from tests.browser import CHROMIUM_ARGS, chromium_path  # noqa: E402
 
@@ -220,11 +229,7 @@ def main() -> None:
                 server.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    width = max(len(k) for k in rows)
-    print(f"{'measure'.ljust(width)}  result")
-    print(f"{'-' * width}  {'-' * 24}")
-    for name, value in rows.items():
-        print(f"{name.ljust(width)}  {value}")
+    print_table(rows)
 
 
 if __name__ == "__main__":

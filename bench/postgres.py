@@ -12,17 +12,16 @@ import asyncio
 import os
 import statistics
 import sys
-import time
 from typing import Any
 
 from run import (
     BASE_ENV,
-    Connection,
     Server,
     cli_median,
     ms,
     percentile,
     send_rate,
+    wake_times,
 )
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,25 +29,6 @@ from tests.pg import TemporaryPostgres  # noqa: E402
 
 CONNECTIONS = 16
 ROUNDS = 5
-
-
-async def wakes(send_port: int, wait_port: int, rounds: int) -> list[float]:
-    """Send on one server, long-poll on another (or the same): seconds from the send to the
-    waiter's answer."""
-    waiter, sender = await Connection.open(wait_port), await Connection.open(send_port)
-    latencies = []
-    for _ in range(rounds):
-        pending = asyncio.ensure_future(
-            waiter.request("GET", "/messages?channel=wake&agent=w&wait=true&timeout=10"))
-        await asyncio.sleep(0.003)  # parked
-        started = time.perf_counter()
-        await sender.request("POST", "/send", {"channel": "wake", "sender": "s", "content": "x"})
-        _, messages = await pending
-        latencies.append(time.perf_counter() - started)
-        assert messages, "woken with nothing"
-    waiter.close()
-    sender.close()
-    return latencies
 
 
 def run_postgres(work: str, scale: float) -> dict[str, str]:
@@ -72,7 +52,7 @@ def run_postgres(work: str, scale: float) -> dict[str, str]:
             for label, group in setups.items():
                 ports = [s.port for s in group]
                 rates[label].append(asyncio.run(send_rate(ports, CONNECTIONS, n(300))))
-                latencies[label] += asyncio.run(wakes(ports[0], ports[-1], n(100)))
+                latencies[label] += asyncio.run(wake_times(ports[0], ports[-1], n(100)))
         rows: dict[str, Any] = {}
         for label in setups:
             across = " (waiter on the other)" if len(setups[label]) > 1 else ""

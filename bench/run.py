@@ -231,20 +231,27 @@ def metrics_cost(work: str, rounds: int, each: int) -> dict[str, str]:
             f"{off:,.0f} / {on:,.0f} msgs/s ({(on - off) / off:+.1%})"}
 
 
-async def wake_latency(port: int, rounds: int) -> dict[str, str]:
-    waiter, sender = await Connection.open(port), await Connection.open(port)
+async def wake_times(send_port: int, wait_port: int, rounds: int) -> list[float]:
+    """Send on one server, long-poll on another (or the same): seconds from each send to
+    the waiter's answer."""
+    waiter, sender = await Connection.open(wait_port), await Connection.open(send_port)
     latencies = []
-    for i in range(rounds):
+    for _ in range(rounds):
         pending = asyncio.ensure_future(
-            waiter.request("GET", "/messages?channel=wake&agent=w&wait=true"))
+            waiter.request("GET", "/messages?channel=wake&agent=w&wait=true&timeout=10"))
         await asyncio.sleep(0.002)  # let the long-poll reach the server and park
-        t = time.perf_counter()
+        started = time.perf_counter()
         await sender.request("POST", "/send", {"channel": "wake", "sender": "s", "content": "x"})
-        status, messages = await pending
-        latencies.append(time.perf_counter() - t)
+        _, messages = await pending
+        latencies.append(time.perf_counter() - started)
         assert messages, "woken with nothing"
     waiter.close()
     sender.close()
+    return latencies
+
+
+async def wake_latency(port: int, rounds: int) -> dict[str, str]:
+    latencies = await wake_times(port, port, rounds)
     return {"long-poll wake (HTTP send to HTTP waiter) p50 / p99":
             f"{ms(percentile(latencies, 50))} / {ms(percentile(latencies, 99))}"}
 
@@ -606,6 +613,11 @@ def main() -> None:
         rows.update(run_postgres(work, scale))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    print_table(rows)
+
+
+def print_table(rows: dict[str, str]) -> None:
+    """The measures and their results, one a line, aligned."""
     width = max(len(k) for k in rows)
     print(f"{'measure'.ljust(width)}  result")
     print(f"{'-' * width}  {'-' * 24}")
