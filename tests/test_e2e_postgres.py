@@ -165,39 +165,49 @@ class ReadLoop(threading.Thread):
                 return
 
 
+class LongPoll(threading.Thread):
+    """One long-poll of agent r on `channel`, parked on a server; `answer()` waits for it."""
+
+    def __init__(self, port: int, channel: str, timeout: int) -> None:
+        super().__init__(daemon=True)
+        self.query = urlencode({"channel": channel, "agent": "r", "wait": "true",
+                                "timeout": str(timeout)})
+        self.client = Client(port)
+        self.answers: list[tuple[int, Any]] = []
+        self.start()
+        time.sleep(0.3)  # parked (a send before that is found by its read anyway)
+
+    def run(self) -> None:
+        self.answers.append(self.client.request("GET", f"/messages?{self.query}"))
+
+    def answer(self) -> tuple[int, Any]:
+        """(status, JSON) of the long-poll, once it has answered."""
+        self.join(SUBPROCESS_TIMEOUT_S)
+        return self.answers[0]
+
+
 class TwoServerTests(TwoServers):
 
     def test_send_on_one_wakes_long_poll_on_the_other(self) -> None:
         """A long-poll parked on the second server answers with a message sent to the
         first (through PostgreSQL's NOTIFY, not a timeout)."""
-        answers: list[Any] = []
-        query = urlencode({"channel": "c", "agent": "r", "wait": "true", "timeout": "30"})
-        poll = threading.Thread(target=lambda: answers.append(
-            Client(self.ports[1]).request("GET", f"/messages?{query}")))
-        poll.start()
-        time.sleep(0.3)  # parked (an early send would be found by the read anyway)
+        poll = LongPoll(self.ports[1], "c", 30)
         started = time.monotonic()
         status, body = Client(self.ports[0]).request(
             "POST", "/send", {"channel": "c", "sender": "a", "content": "across"})
         self.assertEqual(status, 200)
-        poll.join(SUBPROCESS_TIMEOUT_S)
-        self.assertEqual(answers[0][0], 200)
-        self.assertEqual([m["content"] for m in answers[0][1]], ["across"])
+        status, body = poll.answer()
+        self.assertEqual(status, 200)
+        self.assertEqual([m["content"] for m in body], ["across"])
         self.assertLess(time.monotonic() - started, 25, "woken by the timeout, not the send")
 
     def test_cli_send_wakes_a_server_and_a_cli_wait(self) -> None:
         """The real CLI on the database: its send wakes a long-poll on a server, and its
         `read --wait` is woken by a send through a server."""
-        answers: list[Any] = []
-        query = urlencode({"channel": "c", "agent": "r", "wait": "true", "timeout": "30"})
-        poll = threading.Thread(target=lambda: answers.append(
-            Client(self.ports[1]).request("GET", f"/messages?{query}")))
-        poll.start()
-        time.sleep(0.3)
+        poll = LongPoll(self.ports[1], "c", 30)
         sent = run_cli(None, "send", "c", "cli", "from the CLI", IPC_DB_URL=self.url)
         self.assertEqual(sent.code, 0, sent.err)
-        poll.join(SUBPROCESS_TIMEOUT_S)
-        self.assertEqual([m["content"] for m in answers[0][1]], ["from the CLI"])
+        self.assertEqual([m["content"] for m in poll.answer()[1]], ["from the CLI"])
         waiting = subprocess.Popen(
             [sys.executable, "-m", "elipc", "read", "d", "r", "--wait", "--timeout", "30"],
             env=cli_env(None, IPC_DB_URL=self.url), stdout=subprocess.PIPE, text=True)
@@ -260,12 +270,7 @@ class TwoServerTests(TwoServers):
         deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
         while sum(len(w.acked) for w in writers) < 300 and time.monotonic() < deadline:
             time.sleep(0.01)
-        answers: list[Any] = []
-        query = urlencode({"channel": "other", "agent": "r", "wait": "true", "timeout": "60"})
-        poll = threading.Thread(target=lambda: answers.append(
-            Client(self.ports[1]).request("GET", f"/messages?{query}")))
-        poll.start()
-        time.sleep(0.2)
+        poll = LongPoll(self.ports[1], "other", 60)
         server = pg.server()
         server.stop(signal.SIGQUIT)  # an immediate shutdown: a crash, recovered at start
         time.sleep(0.5)
@@ -281,5 +286,4 @@ class TwoServerTests(TwoServers):
         status, _ = Client(self.ports[0]).request(
             "POST", "/send", {"channel": "other", "sender": "a", "content": "after"})
         self.assertEqual(status, 200)
-        poll.join(SUBPROCESS_TIMEOUT_S)
-        self.assertEqual([m["content"] for m in answers[0][1]], ["after"])
+        self.assertEqual([m["content"] for m in poll.answer()[1]], ["after"])
