@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+from elipc.locations import is_url
 from elipc.model import ConfigError, ElipcError
 
 LEGACY_DB_PATH = "/tmp/el-ipc.db"
@@ -156,30 +157,6 @@ def parse_listen(text: str, name: str) -> str:
     if ":" not in text:
         raise ConfigError(f"{name} must be a port number or an endpoint string, not {text!r}")
     return text
-
-
-def is_url(location: str) -> bool:
-    """Whether `location` names a PostgreSQL database (else it is an SQLite file's path)."""
-    return location.startswith(("postgresql://", "postgres://"))
-
-
-def redact(location: str) -> str:
-    """`location` with any password in it replaced by ***, for logs and error messages
-    (never raises: a URL it cannot take apart is not shown past its scheme)."""
-    if not is_url(location):
-        return location
-    import re
-    from urllib.parse import urlsplit, urlunsplit
-
-    try:
-        parts = urlsplit(location)
-        if parts.password is not None:
-            host = parts.netloc.rsplit("@", 1)[1]
-            parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
-        query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
-        return urlunsplit(parts._replace(query=query))
-    except ValueError:
-        return location.split("://", 1)[0] + "://***"
 
 
 def parse_db_url(text: str, name: str) -> str:

@@ -31,7 +31,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from elipc import store, wire
-from elipc.config import MAX_PAGE, Settings, prepare_db_location, redact
+from elipc.config import MAX_PAGE, Settings, prepare_db_location
+from elipc.locations import redact
 from elipc.model import (
     RESERVED_PREFIX,
     SECURITY_CHANNEL,

@@ -149,7 +149,7 @@ class RedactTests(SynchronousTestCase):
     """A PostgreSQL password never reaches a log line or an error message."""
 
     def test_passwords_are_masked(self) -> None:
-        from elipc.config import redact
+        from elipc.locations import redact
 
         for url, shown in [
             ("postgresql://u:secret@h/db", "postgresql://u:***@h/db"),

@@ -15,7 +15,8 @@ from elipc.cli.follow import follow_local
 from elipc.cli.inbox import inbox_local
 from elipc.cli.migrate import cmd_migrate
 from elipc.cli.system import Clock
-from elipc.config import parse_duration, prepare_db_location, redact
+from elipc.config import parse_duration, prepare_db_location
+from elipc.locations import redact
 from elipc.model import (
     UNSIGNED,
     Message,

@@ -26,7 +26,8 @@ from elipc.cli.mailbox import (
     RemoteMailbox,
 )
 from elipc.cli.system import Clock
-from elipc.config import DEFAULT_WAIT_TIMEOUT, MAX_WAIT_TIMEOUT, prepare_db_location, redact
+from elipc.config import DEFAULT_WAIT_TIMEOUT, MAX_WAIT_TIMEOUT, prepare_db_location
+from elipc.locations import redact
 from elipc.model import ElipcError, check_name
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from typing import Any
 
 from elipc import store
 from elipc.cli.context import CommandError, Context
-from elipc.config import is_url, redact
+from elipc.locations import is_url, redact
 from elipc.model import Conflict, StorageError
 from elipc.store import copying
 

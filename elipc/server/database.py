@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from elipc import store
-from elipc.config import is_url
+from elipc.locations import is_url
 from elipc.model import StorageError
 from elipc.server.waiters import Waiters
 

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from elipc.config import redact
+from elipc.locations import redact
 
 log = Logger(namespace="elipc.notify")
 RECONNECT_FIRST_S, RECONNECT_MAX_S = 0.1, 2.0

@@ -28,7 +28,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from elipc import __version__, config, store
-from elipc.config import Settings, prepare_db_location, redact
+from elipc.config import Settings, prepare_db_location
+from elipc.locations import redact
 from elipc.model import ConfigError
 from elipc.server.broker import Broker
 from elipc.server.database import ChangeFeed, Database, Feed, Pool, postgres_pool, sqlite_pool

@@ -10,7 +10,7 @@ import os
 import sqlite3
 from typing import Any
 
-from elipc.config import is_url
+from elipc.locations import is_url
 from elipc.model import DatabaseGone, StorageError
 from elipc.store import schema
 from elipc.store.connection import BUSY_TIMEOUT_S, configure

@@ -32,6 +32,7 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
+from elipc.locations import without_password
 from elipc.model import SchemaTooNew, StorageError
 from elipc.store.search import PG_SCHEMA as PG_SEARCH_SCHEMA
 from elipc.store.connection import (
@@ -210,23 +211,6 @@ def _connect(url: str) -> psycopg.Connection[Any]:
         raise StorageError(without_password(describe(e), url)) from None
 
 
-def without_password(text: str, url: str) -> str:
-    """`text` with the password of `url` (as written, and decoded) replaced by ***."""
-    from urllib.parse import unquote
-
-    for secret in _passwords(url):
-        for form in {secret, unquote(secret)}:
-            if form:
-                text = text.replace(form, "***")
-    return text
-
-
-def _passwords(url: str) -> list[str]:
-    found = re.findall(r"(?<=:)([^:@/]*)(?=@)", url.split("?", 1)[0].split("://", 1)[-1])
-    found += re.findall(r"[?&]password=([^&]*)", url)
-    return found
-
-
 def describe(error: BaseException) -> str:
     """One line saying what PostgreSQL (or the connection to it) refused."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -380,15 +364,3 @@ def set_next_id(db: Any) -> None:
     that write transaction); never backwards."""
     db.execute("SELECT setval('messages_id_seq', GREATEST((SELECT COALESCE(MAX(id), 0) "
                "FROM messages), (SELECT last_value FROM messages_id_seq), 1))")
-
-
-def describe_schema(db: Any) -> dict[str, object]:
-    """Tables with their columns and indexes: what "same schema" means (for the tests)."""
-    tables: dict[str, list[tuple[str, str]]] = {}
-    rows = db.execute(
-        "SELECT table_name, column_name, data_type FROM information_schema.columns "
-        "WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
-    ).fetchall()
-    for table, column, kind in rows:
-        tables.setdefault(f"table {table}", []).append((column, kind))
-    return {"version": schema_version(db), **tables}
